@@ -1,0 +1,69 @@
+"""Agent configuration: `twistd agent` options with the seed's env fallbacks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlparse
+
+from streamspace.settings import (
+    Setting,
+    build_options_class,
+    log_level,
+    non_negative_float,
+    non_negative_int,
+    one_of,
+    positive_duration,
+)
+
+PLATFORMS = ("local", "kubernetes")
+
+SETTINGS: list[Setting] = [
+    Setting("agent-id", "AGENT_ID", None, "unique agent identifier (required)"),
+    Setting("control-plane-url", "CONTROL_PLANE_URL", None,
+            "control plane URL, ws(s)://host[:port] or http(s)://host[:port] (required)"),
+    Setting("agent-token", "AGENT_TOKEN", None,
+            "this agent's token, issued by an admin (POST /api/v1/agents)", secret=True),
+    Setting("agent-token-file", "AGENT_TOKEN_FILE", None,
+            "file holding the agent token (instead of AGENT_TOKEN)"),
+    Setting("platform", "PLATFORM", "local", "platform driver: local or kubernetes",
+            one_of(*PLATFORMS)),
+    Setting("region", "REGION", "", "deployment region reported to the scheduler"),
+    Setting("namespace", "NAMESPACE", "streamspace", "Kubernetes namespace for session pods"),
+    Setting("max-cpu", "MAX_CPU", "0", "max CPU cores for sessions (0 = unlimited)",
+            non_negative_float),
+    Setting("max-memory", "MAX_MEMORY", "0", "max memory in GB for sessions (0 = unlimited)",
+            non_negative_float),
+    Setting("max-sessions", "MAX_SESSIONS", "0", "max concurrent sessions (0 = unlimited)",
+            non_negative_int),
+    Setting("heartbeat-interval", "HEARTBEAT_INTERVAL", "10s", "time between heartbeats",
+            positive_duration),
+    Setting("state-dir", "AGENT_STATE_DIR", "./.streamspace/agent",
+            "directory for session homes and the executed-command journal"),
+    Setting("log-level", "LOG_LEVEL", "info", "debug, info, warn or error", log_level),
+]
+
+
+def _validate(opts: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
+    problems: list[str] = []
+    if not opts["agent_id"]:
+        problems.append("AGENT_ID: required")
+    url = opts["control_plane_url"]
+    if not url:
+        problems.append("CONTROL_PLANE_URL: required (e.g. wss://streamspace.example.com)")
+    else:
+        p = urlparse(url)
+        if p.scheme not in ("ws", "wss", "http", "https") or not p.hostname:
+            problems.append("CONTROL_PLANE_URL: expected ws(s)://host[:port] or http(s)://...")
+    if not opts["agent_token"] and not opts["agent_token_file"]:
+        problems.append("AGENT_TOKEN: required (or AGENT_TOKEN_FILE)")
+    return problems
+
+
+AgentOptions = build_options_class(
+    SETTINGS,
+    [],
+    _validate,
+    doc="Run a StreamSpace agent that connects out to the control plane.",
+    program_name="agent",
+)

@@ -1,0 +1,1 @@
+"""Authentication: password hashing, tokens, request principals."""

@@ -1,0 +1,1 @@
+"""Database adapter: the only layer that speaks SQL."""

@@ -1,0 +1,306 @@
+"""A private PostgreSQL cluster for the embedded (single-machine) default.
+
+Started from the machine's PostgreSQL binaries in the state directory, listening only on
+127.0.0.1 with a generated password (scram), no Unix socket; as root the server runs as
+the `postgres` user because initdb refuses root. Everything goes through
+`reactor.spawnProcess`, so starting and stopping never block the reactor.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import stat
+from collections import deque
+from pathlib import Path
+
+from twisted.internet import defer, error, protocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from streamspace.db.pool import make_dsn
+
+log = Logger()
+
+DB_NAME = "streamspace"
+DB_USER = "streamspace"
+START_TIMEOUT = 60.0
+STOP_TIMEOUT = 20.0
+
+
+class EmbeddedDatabaseError(Exception):
+    """The embedded cluster could not be set up or started; the message says why."""
+
+
+def find_bindir() -> Path:
+    """The newest `/usr/lib/postgresql/*/bin` with initdb, else the PATH's initdb."""
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(Path(p).parent.parent.name) if Path(p).parent.parent.name.isdigit()
+        else 0,
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise EmbeddedDatabaseError(
+        "PostgreSQL server binaries not found (no /usr/lib/postgresql/*/bin/initdb); "
+        "install them with `apt-get install postgresql` or configure DB_HOST/DATABASE_URL")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _traversable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether a process running as uid/gid can reach `path` (every ancestor searchable)."""
+    for p in [path, *path.parents]:
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue
+        if st.st_uid == uid:
+            ok = st.st_mode & stat.S_IXUSR
+        elif st.st_gid == gid:
+            ok = st.st_mode & stat.S_IXGRP
+        else:
+            ok = st.st_mode & stat.S_IXOTH
+        if not ok:
+            return False
+    return True
+
+
+class _ServerProtocol(protocol.ProcessProtocol):
+    """Keeps the last lines postgres printed (for error messages) and notes its exit."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=40)
+        self.ended: defer.Deferred = defer.Deferred()
+        self._partial = b""
+
+    def errReceived(self, data: bytes) -> None:
+        self._partial += data
+        *complete, self._partial = self._partial.split(b"\n")
+        for raw in complete:
+            line = raw.decode(errors="replace")
+            self.lines.append(line)
+            log.debug("postgres: {line}", line=line)
+
+    outReceived = errReceived
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value)
+
+
+class EmbeddedPostgres:
+    """One private cluster under `<state_dir>/postgres` (or a root-safe fallback path)."""
+
+    def __init__(self, state_dir: Path, reactor, extra_settings: dict[str, str] | None = None):
+        self.reactor = reactor
+        self.state_dir = Path(state_dir).resolve()
+        self.extra_settings = extra_settings or {}
+        self.port: int | None = None
+        self._proto: _ServerProtocol | None = None
+        self._as_root = os.geteuid() == 0
+        if self._as_root:
+            try:
+                pw = pwd.getpwnam("postgres")
+            except KeyError:
+                raise EmbeddedDatabaseError(
+                    "running as root needs the `postgres` system user to run PostgreSQL "
+                    "(apt-get install postgresql creates it)") from None
+            self._uid, self._gid = pw.pw_uid, pw.pw_gid
+        else:
+            self._uid, self._gid = os.getuid(), os.getgid()
+        self.base = self._choose_base()
+        self.data_dir = self.base / "data"
+        self.password_file = self.state_dir / "postgres.password"
+
+    def _choose_base(self) -> Path:
+        base = self.state_dir / "postgres"
+        if self._as_root and not _traversable_by(self.state_dir, self._uid, self._gid):
+            # The state directory sits under a path `postgres` cannot enter (e.g. /root);
+            # keep the cluster in a root-owned, postgres-traversable place instead.
+            import hashlib
+
+            digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:16]
+            fallback = Path("/var/tmp") / f"streamspace-pg-{digest}"
+            log.info("state directory {d} is not reachable by the postgres user; "
+                     "keeping the embedded cluster in {f}", d=self.state_dir, f=fallback)
+            return fallback
+        return base
+
+    @property
+    def dsn(self) -> str:
+        return make_dsn(host="127.0.0.1", port=self.port, dbname=DB_NAME, user=DB_USER,
+                        password=self._password(), connect_timeout=5)
+
+    def _password(self) -> str:
+        if not self.password_file.exists():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(24))
+        return self.password_file.read_text().strip()
+
+    def _prepare_dirs(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o700)
+        if self._as_root:
+            os.chown(self.base, self._uid, self._gid)
+
+    def _spawn(self, proto, argv: list[str]) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
+               "HOME": str(self.base)}
+        kwargs = {}
+        if self._as_root:
+            kwargs = {"uid": self._uid, "gid": self._gid}
+        self.reactor.spawnProcess(proto, argv[0], argv, env=env, path=str(self.base), **kwargs)
+
+    async def _run(self, argv: list[str]) -> None:
+        proto = _ServerProtocol()
+        self._spawn(proto, argv)
+        reason = await proto.ended
+        if not isinstance(reason, error.ProcessDone):
+            out = "\n".join(proto.lines)
+            raise EmbeddedDatabaseError(f"{Path(argv[0]).name} failed: {out}")
+
+    async def _initdb(self, bindir: Path) -> None:
+        log.info("creating embedded PostgreSQL cluster in {dir}", dir=self.data_dir)
+        pwfile = self.base / "initdb.pw"
+        pwfile.write_text(self._password() + "\n")
+        os.chmod(pwfile, 0o600)
+        if self._as_root:
+            os.chown(pwfile, self._uid, self._gid)
+        try:
+            await self._run([
+                str(bindir / "initdb"), "-D", str(self.data_dir), "-U", DB_USER,
+                "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--no-locale",
+                "--no-sync",
+            ])
+        finally:
+            pwfile.unlink(missing_ok=True)
+
+    async def _stop_stale(self) -> None:
+        """A previous run killed hard may have left its postmaster running on our data dir."""
+        pidfile = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except FileNotFoundError:
+            return  # stale pid file; postgres removes it itself
+        if str(self.data_dir) not in cmdline:
+            return
+        log.warn("stopping a leftover embedded PostgreSQL (pid {pid})", pid=pid)
+        os.kill(pid, signal.SIGINT)
+        deadline = self.reactor.seconds() + STOP_TIMEOUT
+        while Path(f"/proc/{pid}").exists() and self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.1, lambda: None)
+
+    async def start(self) -> str:
+        """Initialise if needed, start, wait until it accepts connections; returns the DSN."""
+        bindir = find_bindir()
+        self._prepare_dirs()
+        if not (self.data_dir / "PG_VERSION").exists():
+            await self._initdb(bindir)
+        else:
+            await self._stop_stale()
+        if self.port is None:
+            self.port = free_port()
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "port": str(self.port),
+            "unix_socket_directories": "",
+            "max_connections": "100",
+            **self.extra_settings,
+        }
+        argv = [str(bindir / "postgres"), "-D", str(self.data_dir)]
+        for k, v in settings.items():
+            argv += ["-c", f"{k}={v}"]
+        proto = _ServerProtocol()
+        self._proto = proto
+        self._spawn(proto, argv)
+        await self._wait_ready(proto)
+        await self._ensure_database()
+        log.info("embedded PostgreSQL ready on 127.0.0.1:{port}", port=self.port)
+        return self.dsn
+
+    async def _wait_ready(self, proto: _ServerProtocol) -> None:
+        import psycopg2
+
+        deadline = self.reactor.seconds() + START_TIMEOUT
+        dsn = make_dsn(host="127.0.0.1", port=self.port, dbname="postgres", user=DB_USER,
+                       password=self._password(), connect_timeout=2)
+        while True:
+            if proto.ended.called:
+                raise EmbeddedDatabaseError(
+                    "embedded PostgreSQL exited during start-up:\n" + "\n".join(proto.lines))
+            try:
+                conn = await _connect(self.reactor, dsn)
+                conn.close()
+                return
+            except psycopg2.OperationalError:
+                pass
+            if self.reactor.seconds() > deadline:
+                raise EmbeddedDatabaseError(
+                    f"embedded PostgreSQL did not accept connections within {START_TIMEOUT:.0f}s:\n"
+                    + "\n".join(proto.lines))
+            await deferLater(self.reactor, 0.1, lambda: None)
+
+    async def _ensure_database(self) -> None:
+        dsn = make_dsn(host="127.0.0.1", port=self.port, dbname="postgres", user=DB_USER,
+                       password=self._password(), connect_timeout=5)
+        conn = await _connect(self.reactor, dsn)
+        try:
+            rows = await conn.runQuery("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
+            if not rows:
+                await conn.runOperation(f"CREATE DATABASE {DB_NAME}")
+        finally:
+            conn.close()
+
+    @property
+    def running(self) -> bool:
+        return self._proto is not None and not self._proto.ended.called
+
+    async def stop(self) -> None:
+        """Fast shutdown (SIGINT), escalating to SIGKILL if it does not exit in time."""
+        proto, self._proto = self._proto, None
+        if proto is None or proto.ended.called:
+            return
+        transport = proto.transport
+        try:
+            transport.signalProcess("INT")
+        except error.ProcessExitedAlready:
+            return
+        timer = self.reactor.callLater(STOP_TIMEOUT, _kill, transport)
+        await proto.ended
+        if timer.active():
+            timer.cancel()
+        log.info("embedded PostgreSQL stopped")
+
+
+def _kill(transport) -> None:
+    try:
+        transport.signalProcess("KILL")
+    except error.ProcessExitedAlready:
+        pass
+
+
+async def _connect(reactor, dsn: str):
+    from txpostgres import txpostgres
+
+    conn = txpostgres.Connection(reactor=reactor)
+    await conn.connect(dsn)
+    return conn
