@@ -84,7 +84,7 @@ def resolve_jwt_secret(options, state_dir: Path) -> str:
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
-    from streamspace.web import OpsRoutes, make_site
+    from streamspace.web import ControlPlaneWeb, make_site
 
     logs.set_level(options["log_level"])
     check_websocket_acceleration()
@@ -119,8 +119,8 @@ def makeService(options) -> service.IService:
     options["jwt_secret_resolved"] = resolve_jwt_secret(options, state_dir)
     database.add_startup_hook(initial_admin_hook(reactor, state_dir, options["admin_password"]))
 
-    ops = OpsRoutes(database)
-    site = make_site(ops.app, ops.app.resource())
+    web_root = ControlPlaneWeb(database)
+    site = make_site(web_root)
     web = ListeningService(reactor, options["port"], site, options["interface"])
     web.setServiceParent(root)
 

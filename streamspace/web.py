@@ -1,18 +1,31 @@
-"""The HTTP surface: the Klein app for /health, /ready, /metrics, and the Site that serves it."""
+"""The HTTP surface: one Klein root composing ops routes, the REST API, WebSockets and UI.
+
+Routing map (everything on one port):
+  /health, /ready, /metrics              ops (this module)
+  /api/v1/agent/connect                  agent hub WebSocket      (streamspace.agents)
+  /api/v1/agent/tunnel/<tunnel_id>       agent tunnel WebSocket   (streamspace.relay)
+  /api/v1/vnc/<session_id>               browser VNC WebSocket    (streamspace.relay)
+  /api/v1/...                            REST API                 (streamspace.api)
+  /...                                   static UI                (htdocs/)
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from klein import Klein
 from twisted.logger import Logger
+from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
 
 from streamspace.metrics import MetricsSite, render_latest
 
 log = Logger()
+
+API_PREFIX = "/api/v1"
 
 
 def json_body(request, payload: Any, status: int = 200) -> bytes:
@@ -23,17 +36,26 @@ def json_body(request, payload: Any, status: int = 200) -> bytes:
 
 
 def error_body(request, status: int, code: str, message: str) -> bytes:
-    """The one error shape every endpoint uses."""
+    """The one error shape every endpoint uses: {"error": {"code", "message"}}."""
     return json_body(request, {"error": {"code": code, "message": message}}, status)
 
 
-class OpsRoutes:
-    """Liveness, readiness and metrics: what orchestrators and Prometheus scrape."""
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large"}
+
+
+class ControlPlaneWeb:
+    """The root resource. Sub-surfaces are plain resources handed in by `makeService`."""
 
     app = Klein()
 
-    def __init__(self, database) -> None:
+    def __init__(self, database, api: IResource | None = None,
+                 websockets: dict[str, Callable[..., IResource]] | None = None,
+                 static: IResource | None = None) -> None:
         self.database = database
+        self.api = api
+        self.websockets = websockets or {}
+        self.static = static
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
@@ -55,31 +77,71 @@ class OpsRoutes:
         request.setHeader(b"Content-Type", content_type.encode())
         return body
 
+    def _websocket(self, name: str, request, **params):
+        factory = self.websockets.get(name)
+        if factory is None:
+            return error_body(request, 404, "not_found", "this endpoint is not available")
+        return factory(request, **params)
+
+    @app.route(API_PREFIX + "/agent/connect")
+    def agent_connect(self, request):
+        return self._websocket("agent_connect", request)
+
+    @app.route(API_PREFIX + "/agent/tunnel/<tunnel_id>")
+    def agent_tunnel(self, request, tunnel_id):
+        return self._websocket("agent_tunnel", request, tunnel_id=tunnel_id)
+
+    @app.route(API_PREFIX + "/vnc/<session_id>")
+    def vnc(self, request, session_id):
+        return self._websocket("vnc", request, session_id=session_id)
+
+    @app.route(API_PREFIX + "/", branch=True)
+    def api_branch(self, request):
+        if self.api is None:
+            return error_body(request, 404, "not_found", "no such API endpoint")
+        return self.api
+
+    @app.route("/", branch=True)
+    def static_branch(self, request):
+        if self.static is None:
+            return error_body(request, 404, "not_found", "not found")
+        return self.static
+
     @app.handle_errors(HTTPException)
     def http_error(self, request, failure):
         e = failure.value
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.code, "http_error")
-        return error_body(request, e.code, code, e.description or e.name)
+        return error_body(request, e.code, _HTTP_CODES.get(e.code, "http_error"),
+                          e.description or e.name)
 
 
-def route_resolver(url_map: Map):
-    """Map a request path to its route template for metrics labels."""
+def route_resolver(root_map: Map, api_map: Map | None = None):
+    """Map a request path to its route template (bounded metrics labels)."""
 
-    adapter = url_map.bind("localhost")
+    root = root_map.bind("localhost")
+    api = api_map.bind("localhost") if api_map is not None else None
 
     def route_of(path: str, method: str) -> str:
         try:
-            rule, _ = adapter.match(path, method=method, return_rule=True)
+            if api is not None and path.startswith(API_PREFIX + "/"):
+                try:
+                    rule, _ = root.match(path, method=method, return_rule=True)
+                    if "branch" not in rule.endpoint and "__rest__" not in rule.rule:
+                        return rule.rule
+                except HTTPException:
+                    pass
+                rule, _ = api.match(path[len(API_PREFIX):], method=method, return_rule=True)
+                return API_PREFIX + rule.rule
+            rule, _ = root.match(path, method=method, return_rule=True)
+            if "__rest__" in rule.rule:
+                return "static"
             return rule.rule
-        except HTTPException:
-            return "unmatched"
         except Exception:
             return "unmatched"
 
     return route_of
 
 
-def make_site(root_app: Klein, resource) -> MetricsSite:
-    site = MetricsSite(resource, route_resolver(root_app.url_map))
+def make_site(web: ControlPlaneWeb, api_map: Map | None = None) -> MetricsSite:
+    site = MetricsSite(web.app.resource(), route_resolver(web.app.url_map, api_map))
     site.displayTracebacks = False
     return site

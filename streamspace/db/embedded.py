@@ -140,7 +140,10 @@ class EmbeddedPostgres:
 
     @property
     def dsn(self) -> str:
-        return make_dsn(host="127.0.0.1", port=self.port, dbname=DB_NAME, user=DB_USER,
+        return self.dsn_for(DB_NAME)
+
+    def dsn_for(self, dbname: str) -> str:
+        return make_dsn(host="127.0.0.1", port=self.port, dbname=dbname, user=DB_USER,
                         password=self._password(), connect_timeout=5)
 
     def _password(self) -> str:
@@ -241,8 +244,7 @@ class EmbeddedPostgres:
         import psycopg2
 
         deadline = self.reactor.seconds() + START_TIMEOUT
-        dsn = make_dsn(host="127.0.0.1", port=self.port, dbname="postgres", user=DB_USER,
-                       password=self._password(), connect_timeout=2)
+        dsn = self.dsn_for("postgres")
         while True:
             if proto.ended.called:
                 raise EmbeddedDatabaseError(
@@ -260,9 +262,7 @@ class EmbeddedPostgres:
             await deferLater(self.reactor, 0.1, lambda: None)
 
     async def _ensure_database(self) -> None:
-        dsn = make_dsn(host="127.0.0.1", port=self.port, dbname="postgres", user=DB_USER,
-                       password=self._password(), connect_timeout=5)
-        conn = await _connect(self.reactor, dsn)
+        conn = await _connect(self.reactor, self.dsn_for("postgres"))
         try:
             rows = await conn.runQuery("SELECT 1 FROM pg_database WHERE datname = %s", (DB_NAME,))
             if not rows:

@@ -32,12 +32,12 @@ class DatabaseService(Service):
                  embedded: EmbeddedPostgres | None = None,
                  on_fatal: Callable[[str], None] | None = None) -> None:
         self.reactor = reactor
-        self.dsn = dsn
-        self.pool_size = pool_size
         self.migrate = migrate
         self.embedded = embedded
         self.on_fatal = on_fatal or (lambda reason: None)
-        self.db: Database | None = None
+        # Created now so request handlers can hold it; it answers DatabaseUnavailable
+        # (-> 503) until `start()` has connected it.
+        self.db = Database(dsn or "", pool_size, reactor)
         self.schema_current = False
         self.hooks: list[StartupHook] = []
         self.ready: defer.Deferred = defer.Deferred()
@@ -62,8 +62,7 @@ class DatabaseService(Service):
 
     async def _bring_up(self) -> None:
         if self.embedded is not None:
-            self.dsn = await self.embedded.start()
-        self.db = Database(self.dsn, self.pool_size, self.reactor)
+            self.db.dsn = await self.embedded.start()
         delay = 0.2
         while not self._stopping:
             try:
@@ -94,12 +93,14 @@ class DatabaseService(Service):
 
     async def readiness(self) -> tuple[bool, str]:
         """(ready, reason): reachable and migrations current, checked against the database."""
-        if self.db is None or not self.db.started:
+        if not self.db.started:
             return False, "database not connected"
         try:
             state = await migrations.status(self.db)
         except DatabaseUnavailable as e:
             return False, f"database unreachable: {e}"
+        except Exception as e:  # e.g. a half-dropped schema: still an answer, not a 500
+            return False, f"database check failed: {e}"
         problem = state.problem()
         if problem:
             return False, problem
@@ -109,8 +110,7 @@ class DatabaseService(Service):
 
     async def _stop(self) -> None:
         self._stopping = True
-        if self.db is not None:
-            self.db.close()
+        self.db.close()
         if self.embedded is not None:
             await self.embedded.stop()
 

@@ -1,0 +1,1 @@
+"""Session lifecycle: the closed state machine, scheduling, culling."""

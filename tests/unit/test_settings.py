@@ -1,0 +1,98 @@
+"""Configuration parsing: env fallbacks, flags over env, and every problem reported at once."""
+
+import pytest
+
+from agent.config import AgentOptions
+from streamspace.config import ServerOptions, is_dev, uses_embedded_database
+from streamspace.settings import ConfigError, parse_duration
+
+
+def parse(cls, argv, env):
+    opts = cls(environ=env)
+    opts.parseOptions(argv)
+    return opts
+
+
+def test_defaults_mean_embedded_dev_mode():
+    opts = parse(ServerOptions, [], {})
+    assert opts["port"] == 8080
+    assert opts["agent_heartbeat_timeout"] == 30.0
+    assert opts["vnc_proxy_timeout"] == 300.0
+    assert uses_embedded_database(opts) and is_dev(opts)
+
+
+def test_environment_fallbacks_and_flag_precedence():
+    env = {"PORT": "9000", "LOG_LEVEL": "DEBUG", "DB_HOST": "db", "DB_USER": "u",
+           "JWT_SECRET": "x" * 40, "VNC_PROXY_TIMEOUT": "90s", "COMMAND_TIMEOUT": "2m"}
+    opts = parse(ServerOptions, ["--port", "9100"], env)
+    assert opts["port"] == 9100  # the flag wins over the environment
+    assert opts["log_level"] == "debug"
+    assert opts["vnc_proxy_timeout"] == 90.0
+    assert opts["command_timeout"] == 120.0
+    assert not uses_embedded_database(opts) and not is_dev(opts)
+
+
+def test_all_problems_reported_together():
+    env = {"PORT": "http", "LOG_LEVEL": "loud", "AGENT_HEARTBEAT_TIMEOUT": "-3",
+           "DB_HOST": "db", "DB_USER": "u", "JWT_SECRET": "short"}
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], env)
+    problems = info.value.problems
+    assert len(problems) == 3, problems
+    text = str(info.value.code)
+    for needle in ("PORT", "LOG_LEVEL", "AGENT_HEARTBEAT_TIMEOUT"):
+        assert needle in text
+    assert text.startswith("streamspace: invalid configuration (3 problem(s))")
+
+
+def test_short_jwt_secret_refused_outside_dev_mode():
+    env = {"DB_HOST": "db", "DB_USER": "u", "JWT_SECRET": "too-short"}
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], env)
+    assert any("JWT_SECRET" in p and "32" in p for p in info.value.problems)
+    # accepted in dev mode (embedded database)
+    opts = parse(ServerOptions, [], {"JWT_SECRET": "too-short"})
+    assert opts["jwt_secret"] == "too-short"
+
+
+def test_external_database_requires_jwt_secret_and_user():
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], {"DB_HOST": "db"})
+    joined = " ".join(info.value.problems)
+    assert "DB_USER" in joined and "JWT_SECRET" in joined
+
+
+def test_database_url_validated():
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], {"DATABASE_URL": "mysql://x", "JWT_SECRET": "y" * 32})
+    assert "DATABASE_URL" in info.value.problems[0]
+
+
+@pytest.mark.parametrize("text,seconds", [("30", 30), ("30s", 30), ("5m", 300), ("1.5h", 5400),
+                                          ("250ms", 0.25)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_agent_options_report_everything_missing():
+    with pytest.raises(ConfigError) as info:
+        parse(AgentOptions, [], {"MAX_SESSIONS": "many", "PLATFORM": "docker"})
+    joined = " ".join(info.value.problems)
+    for needle in ("MAX_SESSIONS", "PLATFORM"):
+        assert needle in joined
+    # required-field checks run once parse errors are fixed
+    with pytest.raises(ConfigError) as info:
+        parse(AgentOptions, [], {})
+    joined = " ".join(info.value.problems)
+    for needle in ("AGENT_ID", "CONTROL_PLANE_URL", "AGENT_TOKEN"):
+        assert needle in joined
+
+
+def test_agent_options_from_environment():
+    env = {"AGENT_ID": "k8s-1", "CONTROL_PLANE_URL": "wss://cp.example.com", "AGENT_TOKEN": "t",
+           "PLATFORM": "kubernetes", "REGION": "us-east-1", "MAX_CPU": "100",
+           "MAX_MEMORY": "256", "MAX_SESSIONS": "50"}
+    opts = parse(AgentOptions, [], env)
+    assert opts["platform"] == "kubernetes"
+    assert opts["max_sessions"] == 50 and opts["max_cpu"] == 100.0
+    assert opts["heartbeat_interval"] == 10.0
