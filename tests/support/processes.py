@@ -1,0 +1,76 @@
+"""Starting `twistd` as a real subprocess and checking what it leaves behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live descendant of `pid`, from /proc (children of children too)."""
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except FileNotFoundError:
+                continue
+            for k in map(int, kids):
+                if k not in found:
+                    found.add(k)
+                    frontier.append(k)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: set[int], timeout: float = 20.0) -> set[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = {p for p in pids if alive(p)}
+        if not left:
+            return set()
+        time.sleep(0.05)  # blocking test helper polling /proc, not reactor code
+    return {p for p in pids if alive(p)}
+
+
+def twistd(plugin: str, args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(REPO), **env}
+    return subprocess.Popen(
+        [TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace.logs.observer", plugin, *args],
+        env=full_env, cwd=kwargs.pop("cwd", str(REPO)), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
