@@ -21,6 +21,16 @@ _pool: ThreadPool | None = None
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
 
 
+def use_hasher(hasher: PasswordHasher) -> None:
+    """Replace the hasher (tests use cheap parameters; production never calls this).
+
+    Stored hashes carry their own parameters, so existing hashes still verify.
+    """
+    global _hasher, _DUMMY_HASH
+    _hasher = hasher
+    _DUMMY_HASH = hasher.hash(secrets.token_urlsafe(16))
+
+
 def _threadpool(reactor) -> ThreadPool:
     global _pool
     if _pool is None:
