@@ -1,0 +1,73 @@
+"""Who is calling: the Bearer login token, re-checked against the database every request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamspace.api.body import is_uuid
+from streamspace.api.errors import forbidden, unauthorized
+from streamspace.auth import tokens
+from streamspace.db import users
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: str
+    username: str
+    role: str
+    jti: str
+    expires_at: float
+    max_sessions: int | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def bearer_token(request) -> str | None:
+    raw = request.getHeader(b"authorization")
+    if not raw:
+        return None
+    header = raw.decode("latin-1")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def client_addr(request) -> str:
+    addr = request.getClientAddress()
+    return getattr(addr, "host", "") or ""
+
+
+async def authenticate(ctx, request) -> Principal:
+    """The caller's principal, or 401: missing, malformed, tampered, expired, revoked
+    tokens, tokens of another kind, deleted or disabled users, tokens from before a
+    password change all fail here."""
+    token = bearer_token(request)
+    if token is None:
+        raise unauthorized("authentication required: send `Authorization: Bearer <token>`")
+    try:
+        claims = tokens.decode(ctx.jwt_secret, token, expected_typ=tokens.LOGIN,
+                               now=ctx.reactor.seconds())
+    except tokens.TokenInvalid as e:
+        raise unauthorized(str(e)) from None
+    if not is_uuid(claims.sub):
+        raise unauthorized("invalid token")
+    state = await users.auth_state(ctx.db, claims.sub, claims.jti)
+    if state is None or state["disabled"]:
+        raise unauthorized("this account no longer exists or is disabled")
+    if state["revoked"]:
+        raise unauthorized("token has been revoked")
+    # iat and tokens_valid_after are both the control plane's clock at millisecond precision
+    if claims.iat + 1e-6 < state["tokens_valid_after"]:
+        raise unauthorized("token is no longer valid (the password or account changed)")
+    return Principal(user_id=state["id"], username=state["username"], role=state["role"],
+                     jti=claims.jti, expires_at=claims.exp, max_sessions=state["max_sessions"])
+
+
+async def require_admin(ctx, request) -> Principal:
+    principal = await authenticate(ctx, request)
+    if not principal.is_admin:
+        raise forbidden()
+    return principal
