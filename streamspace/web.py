@@ -78,10 +78,10 @@ class ControlPlaneWeb:
         return body
 
     def _websocket(self, name: str, request, **params):
-        factory = self.websockets.get(name)
-        if factory is None:
+        endpoint = self.websockets.get(name)
+        if endpoint is None:
             return error_body(request, 404, "not_found", "this endpoint is not available")
-        return factory(request, **params)
+        return endpoint(request, **params)
 
     @app.route(API_PREFIX + "/agent/connect")
     def agent_connect(self, request):

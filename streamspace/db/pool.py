@@ -21,20 +21,40 @@ log = Logger()
 RECONNECT_MAX_DELAY = 2.0
 
 
-def _reconnect_delays():
-    return retrying.simpleBackoffIterator(
-        initialDelay=0.2, maxDelay=RECONNECT_MAX_DELAY, factor=1.6, maxRetries=0, now=True)
-
-
-class _ReconnectingConnection(txpostgres.Connection):
-    def __init__(self, reactor=None, cooperator=None, detector=None):
-        detector = detector or reconnection.DeadConnectionDetector(
-            reconnectionIterator=_reconnect_delays, reactor=reactor)
-        super().__init__(reactor, cooperator, detector)
-
-
 class _Pool(txpostgres.ConnectionPool):
-    connectionFactory = _ReconnectingConnection
+    """A pool whose connections reconnect by themselves until the pool is closed.
+
+    It remembers every connection it made (the base class only tracks idle ones), so
+    closing it also closes connections that are busy with a query at that moment.
+    """
+
+    def __init__(self, dsn: str, size: int, reactor) -> None:
+        self.closed = False
+        self.reactor = reactor
+        self.connectionFactory = self._make_connection  # instance attribute: not bound twice
+        super().__init__(None, dsn, min=size)
+        self.every_connection = list(self.connections)
+
+    def _delays(self):
+        for delay in retrying.simpleBackoffIterator(
+                initialDelay=0.2, maxDelay=RECONNECT_MAX_DELAY, factor=1.6, maxRetries=0,
+                now=True):
+            if self.closed:
+                return
+            yield delay
+
+    def _make_connection(self, reactor, cooperator):
+        detector = reconnection.DeadConnectionDetector(
+            reconnectionIterator=self._delays, reactor=reactor)
+        return txpostgres.Connection(reactor, cooperator, detector)
+
+    def close(self) -> None:
+        self.closed = True
+        for c in self.every_connection:
+            try:
+                c.close()
+            except Exception:
+                pass
 
 
 class DatabaseUnavailable(Exception):
@@ -52,16 +72,11 @@ class Database:
 
     async def start(self) -> None:
         """Open every connection; fails (and closes what opened) if the database is down."""
-        pool = _Pool(None, self.dsn, min=self.size)
-        pool.reactor = self.reactor
+        pool = _Pool(self.dsn, self.size, self.reactor)
         try:
             await pool.start()
         except Exception as e:
-            for c in pool.connections:
-                try:
-                    c.close()
-                except Exception:
-                    pass
+            pool.close()
             raise DatabaseUnavailable(_unwrap(e)) from None
         self._pool = pool
 

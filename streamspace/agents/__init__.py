@@ -1,0 +1,1 @@
+"""Agents: the hub they connect to, the command queue, scheduling onto them."""

@@ -1,0 +1,214 @@
+"""The agent hub: which agents are connected, what they say, and sending them commands.
+
+The hub owns live connections only; everything durable (presence, commands, sessions) goes
+through the database, so a restarted control plane loses nothing but sockets.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Protocol
+
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from streamspace.agents import frames
+from streamspace.auth import agent_tokens
+from streamspace.db import fleet
+from streamspace.db.pool import Database
+
+log = Logger()
+
+REGISTER_TIMEOUT = 10.0
+CLOSE_PROTOCOL_ERROR = 4000
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_HEARTBEAT_TIMEOUT = 4003
+
+
+class Refused(Exception):
+    """An agent connection refused before the WebSocket upgrade (HTTP status + code)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class AgentLink(Protocol):
+    """What the hub needs from a WebSocket connection (see streamspace.agents.ws)."""
+
+    agent: dict
+    conn_id: str
+    registered: bool
+    last_seen: float
+
+    def send_frame(self, data: bytes) -> None: ...
+    def close_with(self, code: int, reason: str) -> None: ...
+
+
+class AgentHub:
+    def __init__(self, reactor, db: Database, heartbeat_timeout: float,
+                 heartbeat_interval: float = 10.0) -> None:
+        self.reactor = reactor
+        self.db = db
+        self.heartbeat_timeout = heartbeat_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.links: dict[str, AgentLink] = {}  # agent uuid -> live connection
+        self.lifecycle: Any = None  # set by the wiring (SessionLifecycle)
+        self._sweeper = task.LoopingCall(self.close_silent)
+        self._sweeper.clock = reactor
+
+    # -- connection admission -------------------------------------------------------------
+
+    async def admit(self, agent_id: str | None, authorization: str | None) -> dict:
+        """Check the agent's token before the upgrade; returns its row or raises Refused."""
+        if not agent_id:
+            raise Refused(400, "bad_request", "agent_id query parameter is required")
+        token = _bearer(authorization)
+        agent = await fleet.agent_for_auth(self.db, agent_id)
+        if token is None or agent is None or not agent["token_hash"] or \
+                not agent_tokens.verify(token, agent["token_hash"]):
+            log.warn("agent connection refused: bad credentials for {agent_id}",
+                     agent_id=agent_id[:64])
+            raise Refused(401, "unauthorized", "invalid agent id or token")
+        if agent["id"] in self.links:
+            raise Refused(409, "agent_already_connected",
+                          f"agent {agent_id} is already connected")
+        return agent
+
+    def attach(self, link: AgentLink) -> bool:
+        if link.agent["id"] in self.links:
+            return False
+        self.links[link.agent["id"]] = link
+        self.reactor.callLater(REGISTER_TIMEOUT, self._require_registration, link)
+        return True
+
+    def _require_registration(self, link: AgentLink) -> None:
+        if self.links.get(link.agent["id"]) is link and not link.registered:
+            link.close_with(CLOSE_PROTOCOL_ERROR, "no register frame within 10 seconds")
+
+    async def detach(self, link: AgentLink, reason: str) -> None:
+        if self.links.get(link.agent["id"]) is not link:
+            return
+        del self.links[link.agent["id"]]
+        if not link.registered:
+            return
+        log.info("agent {agent_id} disconnected: {reason}", agent_id=link.agent["agent_id"],
+                 reason=reason)
+        affected = await fleet.mark_offline(self.db, link.agent["id"], link.conn_id, reason)
+        if affected and self.lifecycle is not None:
+            self.lifecycle.publish_many(affected)
+
+    # -- frames ---------------------------------------------------------------------------
+
+    async def handle(self, link: AgentLink, frame: frames.Frame) -> None:
+        link.last_seen = self.reactor.seconds()
+        if not link.registered:
+            if frame.type != "register":
+                raise frames.ProtocolError(f"expected register first, got {frame.type}")
+            await self._register(link, frame.payload)
+            return
+        if frame.type == "register":
+            raise frames.ProtocolError("register sent twice")
+        p = frame.payload
+        if frame.type == "heartbeat":
+            usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
+            await fleet.record_heartbeat(self.db, link.agent["id"], link.conn_id, usage)
+        elif frame.type == "ack":
+            await self.lifecycle.command_acked(link.agent["id"], _uuid(p["command_id"]))
+        elif frame.type == "complete":
+            result = p.get("result") if isinstance(p.get("result"), dict) else {}
+            await self.lifecycle.command_finished(
+                link.agent["id"], _uuid(p["command_id"]), True, result, None)
+        elif frame.type == "failed":
+            await self.lifecycle.command_finished(
+                link.agent["id"], _uuid(p["command_id"]), False, None, str(p["reason"])[:500])
+        elif frame.type == "session_status":
+            await self.lifecycle.session_status(
+                link.agent["id"], _uuid(p["session_id"]), str(p["state"]),
+                str(p.get("reason") or "")[:500])
+
+    async def _register(self, link: AgentLink, payload: dict) -> None:
+        if payload.get("agent_id") != link.agent["agent_id"]:
+            raise frames.ProtocolError("register agent_id does not match the authenticated agent")
+        if payload.get("protocol_version") != frames.PROTOCOL_VERSION:
+            raise frames.ProtocolError(
+                f"unsupported protocol_version {payload.get('protocol_version')!r} "
+                f"(this control plane speaks {frames.PROTOCOL_VERSION})")
+        sessions = payload.get("sessions") or []
+        if not isinstance(sessions, list):
+            raise frames.ProtocolError("register sessions must be a list")
+        await fleet.mark_online(self.db, link.agent["id"], link.conn_id, payload)
+        link.registered = True
+        link.send_frame(frames.encode("registered", {
+            "agent_id": link.agent["agent_id"], "heartbeat_interval": self.heartbeat_interval,
+            "server_time": frames.now_iso()}))
+        log.info("agent {agent_id} registered ({platform}, {n} sessions)",
+                 agent_id=link.agent["agent_id"], platform=payload.get("platform"),
+                 n=len(sessions))
+        if self.lifecycle is not None:
+            await self.lifecycle.agent_registered(link.agent["id"], sessions)
+        await self.deliver_all(link.agent["id"])
+
+    # -- commands -------------------------------------------------------------------------
+
+    def connected(self, agent_uuid: str) -> bool:
+        link = self.links.get(agent_uuid)
+        return link is not None and link.registered
+
+    async def deliver(self, agent_uuid: str, command: dict) -> bool:
+        """Send one queued command if the agent is connected; it stays queued otherwise."""
+        link = self.links.get(agent_uuid)
+        if link is None or not link.registered:
+            return False
+        link.send_frame(frames.encode("command", {
+            "command_id": command["id"], "command_type": command["command_type"],
+            "session_id": command["session_id"], "data": command["data"],
+            "deadline": command["deadline"]}))
+        await fleet.mark_sent(self.db, command["id"])
+        return True
+
+    async def deliver_all(self, agent_uuid: str) -> None:
+        """(Re)send every in-flight command: the agent dedupes by command id."""
+        for command in await fleet.in_flight_for_agent(self.db, agent_uuid):
+            await self.deliver(agent_uuid, command)
+
+    # -- liveness -------------------------------------------------------------------------
+
+    def start(self, interval: float = 1.0) -> None:
+        self._sweeper.start(interval, now=False)
+
+    def stop(self) -> defer.Deferred:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for link in list(self.links.values()):
+            link.close_with(1000, "control plane shutting down")
+        return defer.succeed(None)
+
+    def close_silent(self) -> None:
+        now = self.reactor.seconds()
+        for link in list(self.links.values()):
+            if link.registered and now - link.last_seen > self.heartbeat_timeout:
+                log.warn("agent {agent_id} silent for {s:.0f}s: disconnecting",
+                         agent_id=link.agent["agent_id"], s=now - link.last_seen)
+                link.close_with(CLOSE_HEARTBEAT_TIMEOUT,
+                                f"no heartbeat for {self.heartbeat_timeout:.0f}s")
+
+
+def _bearer(header: str | None) -> str | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _uuid(value: Any) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise frames.ProtocolError(f"not a valid id: {str(value)[:40]!r}") from None
+
+
+def new_conn_id() -> str:
+    return str(uuid.uuid4())
