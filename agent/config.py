@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -26,6 +27,8 @@ SETTINGS: list[Setting] = [
             "this agent's token, issued by an admin (POST /api/v1/agents)", secret=True),
     Setting("agent-token-file", "AGENT_TOKEN_FILE", None,
             "file holding the agent token (instead of AGENT_TOKEN)"),
+    Setting("control-plane-ca-file", "CONTROL_PLANE_CA_FILE", None,
+            "PEM CA certificate to trust for a wss:// control plane (default: system CAs)"),
     Setting("platform", "PLATFORM", "local", "platform driver: local or kubernetes",
             one_of(*PLATFORMS)),
     Setting("region", "REGION", "", "deployment region reported to the scheduler"),
@@ -55,6 +58,9 @@ def _validate(opts: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
         p = urlparse(url)
         if p.scheme not in ("ws", "wss", "http", "https") or not p.hostname:
             problems.append("CONTROL_PLANE_URL: expected ws(s)://host[:port] or http(s)://...")
+    ca = opts["control_plane_ca_file"]
+    if ca and not os.path.isfile(ca):
+        problems.append(f"CONTROL_PLANE_CA_FILE: {ca} is not a file")
     if not opts["agent_token"] and not opts["agent_token_file"]:
         problems.append("AGENT_TOKEN: required (or AGENT_TOKEN_FILE)")
     return problems

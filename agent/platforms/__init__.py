@@ -1,0 +1,1 @@
+"""Platform drivers: where sessions actually run (local processes, Kubernetes...)."""

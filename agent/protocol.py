@@ -1,0 +1,123 @@
+"""Control-channel frames (docs/protocol.md): encode, decode and validate.
+
+Everything that knows the JSON shape of a frame lives here, so the channel logic works on
+validated `Frame` objects and a malformed frame is one `ProtocolError` with a reason that
+can go straight into a 4000 close.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024
+
+# Close codes (docs/protocol.md, "Close codes").
+CLOSE_NORMAL = 1000
+CLOSE_PROTOCOL_ERROR = 4000
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_HEARTBEAT_TIMEOUT = 4003
+
+# Required payload fields per frame type, both directions.
+AGENT_TO_SERVER: dict[str, tuple[str, ...]] = {
+    "register": ("agent_id", "platform", "region", "protocol_version", "capacity",
+                 "sessions", "metadata"),
+    "heartbeat": ("usage", "sessions"),
+    "ack": ("command_id",),
+    "complete": ("command_id", "result"),
+    "failed": ("command_id", "reason"),
+    "session_status": ("session_id", "state", "reason"),
+}
+SERVER_TO_AGENT: dict[str, tuple[str, ...]] = {
+    "registered": ("agent_id", "heartbeat_interval", "server_time"),
+    "command": ("command_id", "command_type", "session_id", "data", "deadline"),
+}
+
+COMMAND_TYPES = ("start_session", "stop_session", "hibernate_session", "wake_session",
+                 "list_sessions", "vnc_connect", "vnc_disconnect")
+SESSION_STATES = ("running", "stopped", "failed")
+
+
+class ProtocolError(ValueError):
+    """A frame that breaks docs/protocol.md; `str(e)` is the close reason."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    type: str
+    id: str
+    timestamp: str
+    payload: dict[str, Any]
+
+
+def iso_utc(seconds: float) -> str:
+    """ISO 8601 UTC with milliseconds and a `Z`, the protocol's timestamp form."""
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    """Seconds since the epoch from an ISO 8601 timestamp (naive means UTC)."""
+    try:
+        moment = datetime.fromisoformat(str(text).strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ProtocolError(f"{text!r} is not an ISO 8601 timestamp") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def encode(frame_type: str, payload: dict[str, Any], now: float,
+           frame_id: str | None = None) -> bytes:
+    """One frame as UTF-8 JSON; raises `ProtocolError` if it would pass the 64 KiB cap."""
+    _check_payload(frame_type, payload, AGENT_TO_SERVER | SERVER_TO_AGENT)
+    data = json.dumps({
+        "type": frame_type,
+        "id": frame_id or str(uuid.uuid4()),
+        "timestamp": iso_utc(now),
+        "payload": payload,
+    }, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(data) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"{frame_type} frame is {len(data)} bytes, over the 64 KiB cap")
+    return data
+
+
+def decode(data: bytes | str, known: dict[str, tuple[str, ...]] = SERVER_TO_AGENT) -> Frame:
+    """Parse and validate one received frame against the types in `known`."""
+    size = len(data.encode("utf-8") if isinstance(data, str) else data)
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes is over the 64 KiB cap")
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("frame is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("frame is not a JSON object")
+    for field in ("type", "id", "timestamp", "payload"):
+        if field not in obj:
+            raise ProtocolError(f"frame has no {field!r}")
+    frame_type, frame_id, timestamp, payload = (
+        obj["type"], obj["id"], obj["timestamp"], obj["payload"])
+    if not isinstance(frame_type, str) or not isinstance(frame_id, str) or not frame_id:
+        raise ProtocolError("frame 'type' and 'id' must be non-empty strings")
+    if not isinstance(timestamp, str):
+        raise ProtocolError("frame 'timestamp' must be an ISO 8601 string")
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"{frame_type} payload must be a JSON object")
+    if frame_type not in known:
+        raise ProtocolError(f"unknown frame type {frame_type!r}")
+    _check_payload(frame_type, payload, known)
+    return Frame(frame_type, frame_id, timestamp, payload)
+
+
+def _check_payload(frame_type: str, payload: dict[str, Any],
+                   known: dict[str, tuple[str, ...]]) -> None:
+    if frame_type not in known:
+        raise ProtocolError(f"unknown frame type {frame_type!r}")
+    missing = [f for f in known[frame_type] if f not in payload]
+    if missing:
+        raise ProtocolError(f"{frame_type} payload has no {', '.join(map(repr, missing))}")
