@@ -60,6 +60,7 @@ class ControlClientProtocol(WebSocketClientProtocol):
 
 class ControlClientFactory(WebSocketClientFactory):
     protocol = ControlClientProtocol
+    noisy = False
 
     def __init__(self, channel: AgentChannel, url: str, token: str, reactor) -> None:
         super().__init__(url, headers={"Authorization": f"Bearer {token}"}, reactor=reactor)

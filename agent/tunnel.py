@@ -95,6 +95,7 @@ class _WsLeg(WebSocketClientProtocol):
 
 class _WsFactory(WebSocketClientFactory):
     protocol = _WsLeg
+    noisy = False
 
     def __init__(self, tunnel: Tunnel, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -327,8 +328,9 @@ class TunnelManager:
     async def _connect_vnc(self, tunnel: Tunnel) -> None:
         host, port = tunnel.endpoint.host, tunnel.endpoint.port
         endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
-        tunnel._vnc_connecting = endpoint.connect(
-            protocol.Factory.forProtocol(lambda: _VncLeg(tunnel)))
+        factory = protocol.Factory.forProtocol(lambda: _VncLeg(tunnel))
+        factory.noisy = False
+        tunnel._vnc_connecting = endpoint.connect(factory)
         try:
             await tunnel._vnc_connecting
         except Exception as e:
