@@ -1,17 +1,64 @@
-"""`twistd agent`: wires the agent's service tree."""
+"""`twistd agent`: turns options into the agent's service tree (see agent/service.py)."""
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 from twisted.application import service
+from twisted.logger import Logger
 
 from agent.config import AgentOptions
+from agent.endpoints import ControlPlaneAddress
+from agent.platforms.base import Capacity
+from agent.service import build_agent
 from streamspace import logs
+from streamspace.accel import check_websocket_acceleration
+from streamspace.settings import ConfigError
+
+log = Logger()
 
 Options = AgentOptions
 
 
+def read_token(options) -> str:
+    if options["agent_token"]:
+        return options["agent_token"].strip()
+    path = Path(options["agent_token_file"])
+    try:
+        token = path.read_text().strip()
+    except OSError as e:
+        raise ConfigError([f"AGENT_TOKEN_FILE: cannot read {path}: {e.strerror}"],
+                          "agent") from None
+    if not token:
+        raise ConfigError([f"AGENT_TOKEN_FILE: {path} is empty"], "agent")
+    return token
+
+
 def makeService(options) -> service.IService:
+    from twisted.internet import reactor
+
     logs.set_level(options["log_level"])
-    raise SystemExit(
-        "agent: the control connection is not implemented yet (tracked in issue 4); "
-        "`twistd agent --help` documents its configuration")
+    token = read_token(options)
+    address = ControlPlaneAddress.parse(options["control_plane_url"],
+                                        options["control_plane_ca_file"])
+    state_dir = Path(options["state_dir"]).absolute()
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    capacity = Capacity(max_sessions=options["max_sessions"], max_cpu=options["max_cpu"],
+                        max_memory_gb=options["max_memory"])
+    if options["platform"] != "local":
+        raise ConfigError([f"PLATFORM={options['platform']}: this agent build only has the "
+                           "'local' driver"], "agent")
+    from agent.platforms.local import LocalDriver
+
+    if shutil.which("Xvnc") is None:
+        log.error("Xvnc is not installed (Debian: tigervnc-standalone-server): local "
+                  "sessions will fail to start")
+    driver = LocalDriver(reactor, state_dir, capacity)
+    check_websocket_acceleration()
+    log.info("agent {agent_id} ({platform}) for {url}, state in {state_dir}",
+             agent_id=options["agent_id"], platform=driver.name,
+             url=address.url(""), state_dir=str(state_dir))
+    return build_agent(reactor, agent_id=options["agent_id"], address=address, token=token,
+                       driver=driver, state_dir=state_dir, region=options["region"],
+                       heartbeat_interval=options["heartbeat_interval"])

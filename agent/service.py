@@ -1,0 +1,78 @@
+"""The agent's service tree and its shutdown order.
+
+`build_agent` wires driver, journal, executor, tunnels and the control connection (no
+logic); `AgentService.stopService` drains in an order that keeps the control plane told:
+new commands are refused, tunnels are closed, sessions are stopped (the local driver's
+policy: they are the agent's children) and reported as `session_status` failed, running
+commands get a moment to answer, and only then is the control channel closed with 1000.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from agent.channel import AgentChannel
+from agent.commands import CommandExecutor
+from agent.control import ControlService
+from agent.endpoints import ControlPlaneAddress
+from agent.journal import CommandJournal
+from agent.platforms.base import PlatformDriver
+from agent.tunnel import TunnelManager
+
+log = Logger()
+
+SHUTDOWN_REASON = "the agent was shut down, which stopped this session"
+COMMAND_DRAIN_SECONDS = 5.0
+
+
+class AgentService(service.MultiService):
+    def __init__(self, reactor, driver: PlatformDriver, channel: AgentChannel,
+                 executor: CommandExecutor, tunnels: TunnelManager,
+                 journal: CommandJournal) -> None:
+        super().__init__()
+        self.reactor = reactor
+        self.driver, self.channel, self.executor = driver, channel, executor
+        self.tunnels, self.journal = tunnels, journal
+
+    def startService(self) -> None:
+        self.driver.start()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred:
+        return defer.ensureDeferred(self._drain())
+
+    async def _drain(self) -> None:
+        self.executor.accepting = False
+        await self.tunnels.close_all()
+        stopped = await self.driver.stop_all()
+        for session_id in stopped:
+            self.channel.session_status(session_id, "failed", SHUTDOWN_REASON)
+        running = self.executor.running()
+        if running:
+            waiting = defer.DeferredList(running, consumeErrors=True)
+            waiting.addTimeout(COMMAND_DRAIN_SECONDS, self.reactor)
+            try:
+                await waiting
+            except defer.TimeoutError:
+                log.warn("{count} command(s) still running at shutdown", count=len(running))
+        await super().stopService()
+        self.journal.close()
+        log.info("agent stopped ({count} session(s) stopped)", count=len(stopped))
+
+
+def build_agent(reactor, *, agent_id: str, address: ControlPlaneAddress, token: str,
+                driver: PlatformDriver, state_dir: Path, region: str = "",
+                heartbeat_interval: float = 10.0, retry_policy=None) -> AgentService:
+    channel = AgentChannel(agent_id=agent_id, platform_name=driver.name, region=region,
+                           driver=driver, clock=reactor, heartbeat_interval=heartbeat_interval)
+    tunnels = TunnelManager(reactor, address)
+    journal = CommandJournal(Path(state_dir) / "commands.jsonl")
+    executor = CommandExecutor(driver, tunnels, journal, channel.emit, channel.server_now)
+    channel.command_handler = executor.handle
+    agent = AgentService(reactor, driver, channel, executor, tunnels, journal)
+    ControlService(reactor, address, token, channel, retry_policy).setServiceParent(agent)
+    return agent

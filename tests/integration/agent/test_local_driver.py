@@ -1,0 +1,256 @@
+"""The local driver with real Xvnc and real applications: sessions start, are seen by a
+real VNC client, hibernate and wake on their home, die and get reported, and stop without
+leaving a process or a display behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+
+from agent.platforms.base import (
+    Capacity,
+    CapacityError,
+    DriverError,
+    SessionTemplate,
+    UserRef,
+    VncEndpoint,
+)
+from agent.platforms.local import LocalDriver
+from agent.platforms.xvnc import display_in_use, read_rfb_banner
+from tests.integration.agent.conftest import block
+from tests.support.polling import until
+from tests.support.xvnc_sessions import (
+    capture,
+    distinct_colours,
+    kill_leftovers,
+    session_pids,
+    xvnc_cmdlines,
+)
+
+pytestmark = pytest.mark.slow
+
+XTERM = {"name": "xterm", "display_name": "Terminal", "cpu": 0.5, "memory_mb": 256,
+         "env": {"STREAMSPACE_TEST": "yes"}, "persistent_home": False,
+         "platforms": {"local": {"command": "xterm -fa Monospace -fs 14"}}}
+ALICE = UserRef("u-alice", "alice")
+
+
+def template(**changes) -> SessionTemplate:
+    data = dict(XTERM)
+    local = dict(changes.pop("local", {}))
+    if local:
+        data["platforms"] = {"local": {**XTERM["platforms"]["local"], **local}}
+    data.update(changes)
+    return SessionTemplate.from_json(data)
+
+
+@pytest.fixture
+def local(tmp_path):
+    state = tmp_path / "agent"
+    statuses: list[tuple[str, str, str]] = []
+    drivers: list[LocalDriver] = []
+
+    def make(capacity: Capacity | None = None) -> LocalDriver:
+        driver = LocalDriver(reactor, state, capacity or Capacity(), stop_grace=2.0)
+        driver.start()
+        driver.set_status_listener(lambda *a: statuses.append(a))
+        drivers.append(driver)
+        return driver
+
+    yield SimpleNamespace(make=make, state=state, statuses=statuses)
+    for driver in drivers:
+        block(driver.stop_all())
+    leaked = kill_leftovers(state)
+    assert not leaked, f"session processes left behind: {leaked}"
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def screenshot_until_drawn(port: int, path: Path, minimum: int = 30) -> int:
+    """The app draws a moment after Xvnc is up: capture until the frame shows it."""
+    seen = [0]
+
+    async def attempt() -> bool:
+        await capture(port, path)
+        seen[0] = distinct_colours(path)
+        return seen[0] >= minimum
+
+    deadline = reactor.seconds() + 20
+    while not await attempt():
+        assert reactor.seconds() < deadline, f"only {seen[0]} colours on screen"
+    return seen[0]
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_runs_is_seen_by_a_vnc_client_and_stops_clean(local, tmp_path):
+    driver = local.make()
+    endpoint = await driver.start_session("s1", template(), ALICE, "my terminal")
+    assert endpoint.host == "127.0.0.1"
+    assert (await read_rfb_banner(reactor, endpoint.host, endpoint.port)).startswith(b"RFB 003.")
+    [info] = driver.list_sessions()
+    assert (info.session_id, info.state, info.vnc) == ("s1", "running", endpoint)
+    assert driver.usage().sessions == 1 and driver.usage().cpu == 0.5
+    assert driver.serves(endpoint) and not driver.serves(VncEndpoint("127.0.0.1", 1))
+    # a real VNC client completes the handshake and sees the terminal, not a blank frame
+    colours = await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png")
+    assert colours >= 30
+    # the app runs in the display, with its own HOME and the template's environment
+    record = driver.store.load("s1")
+    app_env = Path(f"/proc/{record.app_pid}/environ").read_bytes().split(b"\0")
+    assert f"DISPLAY=:{record.display}".encode() in app_env
+    assert f"HOME={record.home}".encode() in app_env
+    assert b"STREAMSPACE_TEST=yes" in app_env
+    assert not any(e.startswith(b"AGENT_TOKEN=") for e in app_env)
+    # each process leads its own process group
+    assert os.getpgid(record.app_pid) == record.app_pid
+    assert os.getpgid(record.xvnc_pid) == record.xvnc_pid
+    assert xvnc_cmdlines(local.state)
+    home = Path(record.home)
+    assert home.is_dir()
+
+    await driver.stop_session("s1")
+    assert session_pids(local.state) == []
+    assert not display_in_use(record.display)
+    assert not port_open(endpoint.port)
+    assert driver.list_sessions() == [] and driver.usage().sessions == 0
+    await until(lambda: not home.exists(), 5, what="the session home removed")
+    assert local.statuses == []  # a stop that was asked for is not an unsolicited change
+    # stopping again (redelivery, or a session that is already gone) succeeds
+    await driver.stop_session("s1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_hibernate_and_wake_keep_the_persistent_home(local):
+    driver = local.make()
+    tpl = template(persistent_home=True,
+                   local={"command": 'echo "$STREAMSPACE_SESSION_NAME" >> "$HOME/notes.txt"; '
+                                     "exec xterm"})
+    await driver.start_session("s1", tpl, ALICE, "first")
+    record = driver.store.load("s1")
+    home = Path(record.home)
+    await until(lambda: (home / "notes.txt").exists(), 5, what="the app writing to HOME")
+
+    await driver.hibernate_session("s1")
+    assert session_pids(local.state) == []
+    assert not display_in_use(record.display)
+    assert driver.list_sessions() == []
+    assert (home / "notes.txt").read_text() == "first\n"
+
+    # wake needs no user: the agent kept the session's record
+    endpoint = await driver.wake_session("s1", tpl, None)
+    assert (await read_rfb_banner(reactor, "127.0.0.1", endpoint.port)).startswith(b"RFB")
+    assert driver.store.load("s1").home == str(home)
+    await until(lambda: (home / "notes.txt").read_text() == "first\nfirst\n", 5,
+                what="the woken app appending to the same HOME")
+
+    await driver.stop_session("s1")
+    assert session_pids(local.state) == []
+    # a persistent home belongs to the user and template: it outlives the session
+    assert (home / "notes.txt").exists()
+    assert home == local.state.absolute() / "homes" / "users" / "u-alice" / "xterm"
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_persistent_home_survives_hibernate_but_not_stop(local):
+    driver = local.make()
+    tpl = template(local={"command": 'touch "$HOME/here"; exec xterm'})
+    await driver.start_session("s2", tpl, ALICE, "")
+    home = Path(driver.store.load("s2").home)
+    await until(lambda: (home / "here").exists(), 5, what="the marker file")
+    await driver.hibernate_session("s2")
+    assert (home / "here").exists()
+    await driver.wake_session("s2", tpl, ALICE)
+    await driver.stop_session("s2")
+    await until(lambda: not home.exists(), 5, what="the home removed")
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_killed_with_sigkill_is_reported(local):
+    driver = local.make()
+    endpoint = await driver.start_session("s1", template(), ALICE, "")
+    record = driver.store.load("s1")
+    os.kill(record.app_pid, signal.SIGKILL)
+    await until(lambda: local.statuses, 10, what="a session_status")
+    [(session_id, state, reason)] = local.statuses
+    assert (session_id, state) == ("s1", "failed")
+    assert "the application was killed by SIGKILL" in reason
+    # the rest of the session is cleaned up: Xvnc stopped, display free, nothing listed
+    await until(lambda: session_pids(local.state) == [], 10, what="Xvnc stopped")
+    await until(lambda: not display_in_use(record.display), 5, what="the display freed")
+    assert driver.list_sessions() == [] and not port_open(endpoint.port)
+    # the control plane may still send stop (e.g. the user deletes the session)
+    await driver.stop_session("s1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_app_exiting_or_xvnc_dying_is_reported(local):
+    driver = local.make()
+    await driver.start_session("quits", template(local={"command": "true"}), ALICE, "")
+    await until(lambda: local.statuses, 10, what="a session_status")
+    assert local.statuses[0] == ("quits", "stopped", "the application exited")
+
+    await driver.start_session("s2", template(), ALICE, "")
+    os.kill(driver.store.load("s2").xvnc_pid, signal.SIGKILL)
+    await until(lambda: len(local.statuses) == 2, 10, what="a second session_status")
+    session_id, state, reason = local.statuses[1]
+    assert (session_id, state) == ("s2", "failed")
+    assert reason.startswith("the VNC server was killed by SIGKILL")
+    await until(lambda: session_pids(local.state) == [], 10, what="the app stopped too")
+
+
+@pytest_twisted.ensureDeferred
+async def test_capacity_and_bad_templates_are_refused_with_a_reason(local):
+    driver = local.make(Capacity(max_sessions=1, max_cpu=4, max_memory_gb=0))
+    await driver.start_session("s1", template(), ALICE, "")
+    with pytest.raises(CapacityError, match=r"already runs 1 of 1 sessions \(MAX_SESSIONS\)"):
+        await driver.start_session("s2", template(), ALICE, "")
+    await driver.stop_session("s1")
+    with pytest.raises(CapacityError, match="not enough CPU"):
+        await driver.start_session("big", template(cpu=8), ALICE, "")
+    with pytest.raises(DriverError, match="no platforms.local.command"):
+        await driver.start_session("s3", template(platforms={}), ALICE, "")
+    with pytest.raises(DriverError, match="not a valid session id"):
+        await driver.start_session("../etc", template(), ALICE, "")
+    with pytest.raises(DriverError, match="not running on this agent"):
+        await driver.hibernate_session("never-started")
+    assert session_pids(local.state) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_starts_get_distinct_displays(local):
+    from twisted.internet import defer
+
+    driver = local.make()
+    endpoints = await defer.gatherResults([
+        driver.start_session(f"c{i}", template(), ALICE, "") for i in range(3)])
+    assert len({e.port for e in endpoints}) == 3
+    displays = {driver.store.load(f"c{i}").display for i in range(3)}
+    assert len(displays) == 3
+    await driver.stop_all()
+    assert session_pids(local.state) == []
+    assert not any(display_in_use(d) for d in displays)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_restarted_agent_reaps_what_a_killed_one_left(local):
+    crashed = local.make()
+    await crashed.start_session("s1", template(), ALICE, "")
+    record = crashed.store.load("s1")
+    assert session_pids(local.state)
+    # the agent "dies" without stopping anything; a new one starts on the same state dir
+    crashed._sessions.clear()
+    fresh = local.make()
+    await until(lambda: session_pids(local.state) == [], 10, what="orphans reaped")
+    await until(lambda: not display_in_use(record.display), 5, what="display freed")
+    assert fresh.list_sessions() == []
+    assert fresh.store.load("s1").state == "ended"
