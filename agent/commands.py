@@ -42,6 +42,15 @@ class Command:
     data: Mapping[str, Any]
     deadline: float | None
 
+    @property
+    def target_session(self) -> str | None:
+        """The session a command acts on: `session_id`, else `data.session_id` (the hub
+        sends stops for sessions it does not know that way)."""
+        if self.session_id:
+            return self.session_id
+        fallback = self.data.get("session_id")
+        return fallback if isinstance(fallback, str) and fallback else None
+
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> Command:
         command_id = payload.get("command_id")
@@ -112,7 +121,7 @@ class CommandExecutor:
         self.emit("ack", {"command_id": command.command_id}, False)
 
     async def _execute(self, command: Command) -> dict[str, Any]:
-        key = command.session_id or f"command:{command.command_id}"
+        key = command.target_session or f"command:{command.command_id}"
         lock = self._locks.setdefault(key, defer.DeferredLock())
         await lock.acquire()
         try:
@@ -164,7 +173,7 @@ class CommandExecutor:
         if kind == "vnc_disconnect":
             await self.tunnels.close(_required_str(data, "tunnel_id"))
             return {}
-        session_id = command.session_id
+        session_id = command.target_session
         if not session_id:
             raise ValueError(f"{kind} needs a session_id")
         if kind == "start_session":

@@ -111,13 +111,14 @@ class ControlService(service.Service):
     name = "control"
 
     def __init__(self, reactor, address: ControlPlaneAddress, token: str,
-                 channel: AgentChannel, retry_policy=None) -> None:
+                 channel: AgentChannel, retry_policy=None,
+                 endpoint: IStreamClientEndpoint | None = None) -> None:
         self.channel = channel
         policy = retry_policy or capped_backoff()
         factory = ControlClientFactory(channel, address.connect_url(channel.agent_id), token,
                                        reactor)
         self.client = _ClientService(
-            _ReportingEndpoint(address.endpoint(reactor), channel), factory,
+            _ReportingEndpoint(endpoint or address.endpoint(reactor), channel), factory,
             retryPolicy=lambda attempt: policy(max(attempt, channel.failures)), clock=reactor)
 
     def startService(self) -> None:

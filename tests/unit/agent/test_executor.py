@@ -1,0 +1,185 @@
+"""The executor and its journal: at most once per command id, across redelivery and restarts."""
+
+import json
+
+import pytest
+from twisted.internet import defer
+
+from agent.commands import Command, CommandExecutor
+from agent.journal import CommandJournal
+from agent.platforms.base import Capacity
+from tests.support.fake_driver import FakeDriver
+
+TEMPLATE = {"name": "xterm", "cpu": 1, "memory_mb": 512,
+            "platforms": {"local": {"command": "xterm"}}}
+START = {"template": TEMPLATE, "user": {"id": "u1", "username": "alice"}, "name": "n"}
+NOW = 1_795_000_000.0
+
+
+def cmd(command_id, command_type="start_session", session_id="s1", data=None,
+        deadline=None):
+    return Command(command_id, command_type, session_id, data if data is not None else START,
+                   deadline)
+
+
+class Harness:
+    def __init__(self, tmp_path, driver=None, max_entries=5000):
+        self.path = tmp_path / "commands.jsonl"
+        self.driver = driver or FakeDriver()
+        self.sent = []
+        self.journal = CommandJournal(self.path, max_entries)
+        self.now = NOW
+        self.executor = CommandExecutor(self.driver, tunnels=None, journal=self.journal,
+                                        emit=lambda t, p, buffered: self.sent.append((t, p)),
+                                        server_now=lambda: self.now)
+
+    def about(self, command_id):
+        return [t for t, p in self.sent if p.get("command_id") == command_id]
+
+
+def test_a_command_is_acked_run_and_completed(tmp_path):
+    h = Harness(tmp_path)
+    h.executor.handle(cmd("c1"))
+    assert h.about("c1") == ["ack", "complete"]
+    assert h.sent[-1][1]["result"] == {"vnc": {"host": "127.0.0.1", "port": 5999}}
+    assert h.driver.calls == [("start_session", "s1")]
+
+
+def test_redelivery_answers_the_stored_outcome_without_running_again(tmp_path):
+    h = Harness(tmp_path)
+    h.executor.handle(cmd("c1"))
+    h.executor.handle(cmd("c1"))
+    h.executor.handle(cmd("c1"))
+    assert h.about("c1") == ["ack", "complete", "complete", "complete"]
+    assert h.driver.calls == [("start_session", "s1")]
+    # failures are stored too
+    h.driver.fail_with = "no room"
+    h.executor.handle(cmd("c2", session_id="s2"))
+    h.executor.handle(cmd("c2", session_id="s2"))
+    assert h.about("c2") == ["ack", "failed", "failed"]
+    assert [p["reason"] for t, p in h.sent if t == "failed"] == ["no room", "no room"]
+
+
+def test_in_progress_commands_are_only_acked_again(tmp_path):
+    h = Harness(tmp_path)
+    h.driver.hold = defer.Deferred()
+    h.executor.handle(cmd("c1"))
+    h.executor.handle(cmd("c1"))
+    assert h.about("c1") == ["ack", "ack"]
+    h.driver.hold.callback(None)
+    assert h.about("c1") == ["ack", "ack", "complete"]
+    assert h.driver.calls == [("start_session", "s1")]
+
+
+def test_the_journal_survives_a_restart(tmp_path):
+    h = Harness(tmp_path)
+    h.executor.handle(cmd("done"))
+    h.driver.hold = defer.Deferred()
+    h.executor.handle(cmd("interrupted", session_id="s2"))
+    h.journal.close()  # the agent dies here, "interrupted" never finished
+    h2 = Harness(tmp_path)
+    h2.executor.handle(cmd("done"))
+    h2.executor.handle(cmd("interrupted", session_id="s2"))
+    assert h2.about("done") == ["complete"]
+    assert h2.about("interrupted") == ["failed"]
+    assert "restarted while running this command" in h2.sent[-1][1]["reason"]
+    assert h2.driver.calls == []
+
+
+def test_late_commands_are_refused_and_shutdown_refuses_new_ones(tmp_path):
+    h = Harness(tmp_path)
+    h.executor.handle(cmd("late", deadline=NOW - 1))
+    assert h.about("late") == ["ack", "failed"]
+    assert "after its deadline" in h.sent[-1][1]["reason"]
+    h.executor.accepting = False
+    h.executor.handle(cmd("c2"))
+    assert h.about("c2") == ["failed"] and h.sent[-1][1]["reason"] == "the agent is shutting down"
+    assert h.driver.calls == []
+
+
+def test_commands_for_one_session_run_in_order(tmp_path):
+    h = Harness(tmp_path)
+    h.driver.hold = defer.Deferred()
+    h.executor.handle(cmd("start"))
+    h.executor.handle(cmd("stop", "stop_session", data={}))
+    h.executor.handle(cmd("other", session_id="s2"))  # another session is not held up...
+    assert h.driver.calls == [("start_session", "s1"), ("start_session", "s2")]
+    h.driver.hold.callback(None)
+    assert h.driver.calls[-1] == ("stop_session", "s1")  # ...the stop waited for the start
+    assert h.about("stop") == ["ack", "complete"]
+
+
+def test_readable_failures(tmp_path):
+    h = Harness(tmp_path, FakeDriver(Capacity(max_sessions=1)))
+    h.driver.add_running("busy")
+    h.executor.handle(cmd("full"))
+    assert "already runs 1 of 1 sessions" in h.sent[-1][1]["reason"]
+    h.executor.handle(cmd("bad", data={"template": {"name": "Bad Name!"}, "user": {"id": "u"}}))
+    assert h.sent[-1][1]["reason"].startswith("invalid start_session command: template.name")
+    h.executor.handle(cmd("nosid", "stop_session", session_id=None, data={}))
+    assert h.sent[-1][1]["reason"] == "invalid stop_session command: stop_session needs a " \
+                                      "session_id"
+    h.executor.handle(cmd("what", "format_disk", data={}))
+    assert h.sent[-1][1]["reason"] == "this agent does not know the command 'format_disk'"
+
+
+def test_an_unexpected_crash_is_reported_without_internals(tmp_path):
+    h = Harness(tmp_path)
+
+    def boom(*a, **k):
+        raise KeyError("secret internals")
+
+    h.driver.list_sessions = boom
+    h.executor.handle(cmd("c1", "list_sessions", None, {}))
+    reason = h.sent[-1][1]["reason"]
+    assert "internal error (KeyError)" in reason and "secret" not in reason
+
+
+def test_stop_for_a_session_named_in_data(tmp_path):
+    h = Harness(tmp_path)
+    h.driver.add_running("orphan")
+    h.executor.handle(cmd("c1", "stop_session", session_id=None,
+                          data={"session_id": "orphan", "reason": "unknown"}))
+    assert h.about("c1") == ["ack", "complete"]
+    assert h.driver.calls == [("stop_session", "orphan")]
+
+
+def test_list_sessions_and_other_results(tmp_path):
+    h = Harness(tmp_path)
+    h.executor.handle(cmd("c1"))
+    h.executor.handle(cmd("c2", "list_sessions", None, {}))
+    assert h.sent[-1][1]["result"] == {"sessions": [
+        {"session_id": "s1", "state": "running", "vnc": {"host": "127.0.0.1", "port": 5999}}]}
+    h.executor.handle(cmd("c3", "hibernate_session", data={}))
+    assert h.sent[-1] == ("complete", {"command_id": "c3", "result": {}})
+    h.executor.handle(cmd("c4", "wake_session", data={"template": TEMPLATE}))
+    assert h.sent[-1][1]["result"]["vnc"]["port"] == 5999
+
+
+def test_the_journal_stays_bounded_and_tolerates_a_torn_line(tmp_path):
+    h = Harness(tmp_path, max_entries=10)
+    for i in range(50):
+        h.executor.handle(cmd(f"c{i}", "list_sessions", None, {}))
+    assert len(h.journal) == 10
+    lines = h.path.read_text().splitlines()
+    assert len(lines) < 2 * 10 * 2
+    h.journal.close()
+    with open(h.path, "a") as f:
+        f.write('{"id": "torn", "sta')  # a crash mid-write
+    again = CommandJournal(h.path, max_entries=10)
+    assert again.get("c49").status == "complete"
+    assert again.get("c0") is None and again.get("torn") is None
+    assert json.loads(lines[-1])["id"] == "c49"
+
+
+@pytest.mark.parametrize("payload, problem", [
+    ({"command_type": "stop_session"}, "no command_id"),
+    ({"command_id": "c", "command_type": 5}, "no command_type"),
+    ({"command_id": "c", "command_type": "x", "data": []}, "data must be an object"),
+    ({"command_id": "c", "command_type": "x", "deadline": "soon"}, "ISO 8601"),
+])
+def test_command_parsing(payload, problem):
+    from agent.protocol import ProtocolError
+
+    with pytest.raises(ProtocolError, match=problem):
+        Command.from_payload(payload)
