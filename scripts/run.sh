@@ -17,4 +17,5 @@ else
   echo "  admin credentials: username 'admin', password from ADMIN_PASSWORD"
 fi
 echo "  stop with Ctrl-C"
+export STREAMSPACE_LOCAL_AGENT="${STREAMSPACE_LOCAL_AGENT:-1}"
 exec "$VENV/bin/twistd" --nodaemon --pidfile= --logger=streamspace.logs.observer streamspace "$@"

@@ -10,6 +10,8 @@ from streamspace.settings import (
     Setting,
     build_options_class,
     log_level,
+    non_negative_int,
+    parse_duration,
     port_number,
     positive_duration,
     positive_int,
@@ -49,11 +51,21 @@ SETTINGS: list[Setting] = [
             "time an agent command may take before it becomes `timeout`", positive_duration),
     Setting("vnc-proxy-timeout", "VNC_PROXY_TIMEOUT", "5m",
             "a VNC tunnel with no traffic either way is closed after this", positive_duration),
+    Setting("token-lifetime", "JWT_LIFETIME", "12h", "lifetime of login tokens",
+            positive_duration),
+    Setting("max-sessions-per-user", "MAX_SESSIONS_PER_USER", "5",
+            "concurrent sessions a user may have (admins can override per user)",
+            non_negative_int),
+    Setting("session-idle-timeout", "SESSION_IDLE_TIMEOUT", "0",
+            "hibernate running sessions without keyboard/mouse input for this long "
+            "(0 = never; a template's idle timeout wins)", parse_duration),
 ]
 
 FLAGS: list[tuple[str, str | None, str]] = [
     ("migrate", "STREAMSPACE_MIGRATE", "apply pending schema migrations at start-up"),
     ("migrate-only", None, "apply pending schema migrations, then exit"),
+    ("local-agent", "STREAMSPACE_LOCAL_AGENT",
+     "dev mode: also run a `local` agent on this machine (provisioned automatically)"),
     ("dev", "STREAMSPACE_DEV",
      "development mode (implied by the embedded database): generated secrets, auto-migrate"),
 ]

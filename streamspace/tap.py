@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from streamspace import logs
 from streamspace.accel import check_websocket_acceleration
 from streamspace.bootstrap import initial_admin_hook
-from streamspace.config import ServerOptions, is_dev, uses_embedded_database
+from streamspace.config import ServerOptions, is_dev, public_url, uses_embedded_database
 from streamspace.db.embedded import EmbeddedPostgres
 from streamspace.db.pool import dsn_from_options
 from streamspace.db.service import DatabaseService
@@ -84,6 +84,13 @@ def resolve_jwt_secret(options, state_dir: Path) -> str:
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
+    from streamspace.agents.service import build_fleet
+    from streamspace.api.app import build_api
+    from streamspace.api.catalog import catalog_hook, load_catalog
+    from streamspace.context import AppContext
+    from streamspace.local_agent import LocalAgentService
+    from streamspace.relay.proxy import VncProxy
+    from streamspace.sessions.routes import SessionRoutes
     from streamspace.web import ControlPlaneWeb, make_site
 
     logs.set_level(options["log_level"])
@@ -119,8 +126,40 @@ def makeService(options) -> service.IService:
     options["jwt_secret_resolved"] = resolve_jwt_secret(options, state_dir)
     database.add_startup_hook(initial_admin_hook(reactor, state_dir, options["admin_password"]))
 
-    web_root = ControlPlaneWeb(database)
-    site = make_site(web_root)
+    ctx = AppContext(
+        reactor=reactor, db=database.db, jwt_secret=options["jwt_secret_resolved"],
+        public_url=public_url(options), state_dir=state_dir,
+        token_lifetime=options["token_lifetime"],
+        default_max_sessions=options["max_sessions_per_user"],
+        command_timeout=options["command_timeout"],
+        agent_heartbeat_timeout=options["agent_heartbeat_timeout"],
+        vnc_proxy_timeout=options["vnc_proxy_timeout"])
+    database.add_startup_hook(catalog_hook(load_catalog()))
+
+    fleet = build_fleet(reactor, database, heartbeat_timeout=options["agent_heartbeat_timeout"],
+                        command_timeout=options["command_timeout"])
+    fleet.service.setServiceParent(root)
+    fleet.lifecycle.idle_timeout = options["session_idle_timeout"]
+    ctx.extras["lifecycle"] = fleet.lifecycle
+    proxy = VncProxy(reactor, database.db, fleet.hub, fleet.lifecycle, ctx.jwt_secret,
+                     ctx.public_url, options["vnc_proxy_timeout"])
+    fleet.service.proxy = proxy
+
+    if options["local_agent"]:
+        if not is_dev(options):
+            log.warn("--local-agent is a dev-mode feature; ignored with an external database "
+                     "(pass --dev to force it)")
+        else:
+            LocalAgentService(reactor, database, state_dir,
+                              f"http://127.0.0.1:{options['port']}").setServiceParent(root)
+
+    api_resource, api_map = build_api(ctx)
+    web_root = ControlPlaneWeb(
+        database, api=api_resource,
+        websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
+                    "agent_tunnel": proxy.tunnel_endpoint()},
+        session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle))
+    site = make_site(web_root, api_map)
     web = ListeningService(reactor, options["port"], site, options["interface"])
     web.setServiceParent(root)
 

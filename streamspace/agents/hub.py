@@ -6,7 +6,9 @@ through the database, so a restarted control plane loses nothing but sockets.
 
 from __future__ import annotations
 
+import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
@@ -54,6 +56,7 @@ class AgentHub:
         self.heartbeat_interval = heartbeat_interval
         self.links: dict[str, AgentLink] = {}  # agent uuid -> live connection
         self.lifecycle: Any = None  # set by the wiring (SessionLifecycle)
+        self._ephemeral: dict[str, defer.Deferred] = {}
         self._sweeper = task.LoopingCall(self.close_silent)
         self._sweeper.clock = reactor
 
@@ -114,14 +117,21 @@ class AgentHub:
             usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
             await fleet.record_heartbeat(self.db, link.agent["id"], link.conn_id, usage)
         elif frame.type == "ack":
-            await self.lifecycle.command_acked(link.agent["id"], _uuid(p["command_id"]))
+            command_id = _uuid(p["command_id"])
+            if command_id not in self._ephemeral:
+                await self.lifecycle.command_acked(link.agent["id"], command_id)
         elif frame.type == "complete":
+            command_id = _uuid(p["command_id"])
             result = p.get("result") if isinstance(p.get("result"), dict) else {}
-            await self.lifecycle.command_finished(
-                link.agent["id"], _uuid(p["command_id"]), True, result, None)
+            if not self._answer_ephemeral(command_id, True, result, None):
+                await self.lifecycle.command_finished(
+                    link.agent["id"], command_id, True, result, None)
         elif frame.type == "failed":
-            await self.lifecycle.command_finished(
-                link.agent["id"], _uuid(p["command_id"]), False, None, str(p["reason"])[:500])
+            command_id = _uuid(p["command_id"])
+            reason = str(p["reason"])[:500]
+            if not self._answer_ephemeral(command_id, False, None, reason):
+                await self.lifecycle.command_finished(
+                    link.agent["id"], command_id, False, None, reason)
         elif frame.type == "session_status":
             await self.lifecycle.session_status(
                 link.agent["id"], _uuid(p["session_id"]), str(p["state"]),
@@ -165,6 +175,32 @@ class AgentHub:
             "session_id": command["session_id"], "data": command["data"],
             "deadline": command["deadline"]}))
         await fleet.mark_sent(self.db, command["id"])
+        return True
+
+    def send_ephemeral(self, agent_uuid: str, command_type: str, session_id: str | None,
+                       data: dict, timeout: float = 30.0) -> defer.Deferred:
+        """Send a command that only makes sense now (vnc_connect, vnc_disconnect): not
+        queued, not redelivered. Fires with (ok, result, reason) from the agent's answer;
+        fails if the agent is not connected or does not answer in `timeout` seconds."""
+        link = self.links.get(agent_uuid)
+        if link is None or not link.registered:
+            return defer.fail(ConnectionError("agent not connected"))
+        command_id = str(uuid.uuid4())
+        d = defer.Deferred(lambda _: self._ephemeral.pop(command_id, None))
+        self._ephemeral[command_id] = d
+        d.addTimeout(timeout, self.reactor)
+        deadline = datetime.fromtimestamp(time.time() + timeout, UTC).isoformat()
+        link.send_frame(frames.encode("command", {
+            "command_id": command_id, "command_type": command_type, "session_id": session_id,
+            "data": data, "deadline": deadline}))
+        return d
+
+    def _answer_ephemeral(self, command_id: str, ok: bool, result, reason) -> bool:
+        d = self._ephemeral.pop(command_id, None)
+        if d is None:
+            return False
+        if not d.called:
+            d.callback((ok, result, reason))
         return True
 
     async def deliver_all(self, agent_uuid: str) -> None:

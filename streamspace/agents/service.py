@@ -26,6 +26,7 @@ class FleetService(Service):
         self.hub = hub
         self.lifecycle = lifecycle
         self.sweep_interval = sweep_interval
+        self.proxy = None  # the VNC proxy, when wired: its idle sweeper runs with the fleet
         self._started = False
 
     def startService(self) -> None:
@@ -39,6 +40,8 @@ class FleetService(Service):
             if self.running:
                 self.hub.start(self.sweep_interval)
                 self.lifecycle.start(self.sweep_interval)
+                if self.proxy is not None:
+                    self.proxy.start()
                 self._started = True
 
         d = defer.Deferred.fromCoroutine(go())
@@ -47,6 +50,8 @@ class FleetService(Service):
 
     def stopService(self):
         super().stopService()
+        if self.proxy is not None:
+            self.proxy.stop()
         return defer.gatherResults([self.lifecycle.stop(), self.hub.stop()])
 
 

@@ -38,6 +38,7 @@ class SessionLifecycle:
         self.hub = hub
         self.command_timeout = command_timeout
         self.listeners: list[Callable[[str], None]] = []
+        self.idle_timeout = 0.0  # SESSION_IDLE_TIMEOUT; a template's own timeout wins
         self._sweeper = task.LoopingCall(self._sweep)
         self._sweeper.clock = reactor
 
@@ -294,6 +295,18 @@ class SessionLifecycle:
             if await self.db.transaction(fail):
                 changed.append(sid)
         self.publish_many(changed)
+        for sid in await fleet.idle_sessions(self.db, self.idle_timeout):
+            await self.hibernate_idle(sid)
+
+    async def hibernate_idle(self, session_id: str) -> None:
+        """No keyboard or mouse input for its idle timeout: hibernate through the queue."""
+        async def move(cursor):
+            return await fleet.move_session(cursor, session_id, states.HIBERNATING,
+                                            message="idle: hibernating")
+
+        if await self.db.transaction(move):
+            log.info("session {session_id} idle: hibernating", session_id=session_id)
+            await self.state_requested(session_id, states.HIBERNATING)
 
     # -- one-off command waiters (the VNC proxy waits for vnc_connect) -------------------
 
