@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from agent.commands import Command
@@ -63,6 +63,8 @@ class AgentChannel:
         self.server_offset = 0.0
         self.failures = 0  # connections in a row that ended without `registered`
         self.outbox: deque[tuple[str, dict[str, Any]]] = deque(maxlen=OUTBOX_LIMIT)
+        self.stopping = False
+        self._closed_waiters: list[defer.Deferred] = []
         self._heartbeat: task.LoopingCall | None = None
         self._register_timer = None
         driver.set_status_listener(self.session_status)
@@ -94,8 +96,23 @@ class AgentChannel:
             self.failures += 1
         self.link, self.registered = None, False
         self._stop_timers()
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for d in waiters:
+            d.callback(None)
+        if self.stopping:
+            log.info("control connection closed", agent_id=self.agent_id)
+            return
         log.warn("control connection closed ({code}: {reason}); reconnecting",
                  code=code, reason=reason or "no reason", agent_id=self.agent_id)
+
+    def close(self, code: int, reason: str) -> defer.Deferred:
+        """Close the current connection; fires once it is closed (at once if none)."""
+        if self.link is None:
+            return defer.succeed(None)
+        d: defer.Deferred = defer.Deferred()
+        self._closed_waiters.append(d)
+        self.link.close(code, reason)
+        return d
 
     def link_failed(self, reason: str) -> None:
         """A connection attempt that never opened (refused, 401, TLS error...)."""

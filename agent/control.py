@@ -27,6 +27,8 @@ from agent.protocol import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_FRAME_BYTES
 
 log = Logger()
 
+CLOSE_WAIT_SECONDS = 3.0
+
 
 class ControlClientProtocol(WebSocketClientProtocol):
     channel: AgentChannel
@@ -114,6 +116,7 @@ class ControlService(service.Service):
                  channel: AgentChannel, retry_policy=None,
                  endpoint: IStreamClientEndpoint | None = None) -> None:
         self.channel = channel
+        self.reactor = reactor
         policy = retry_policy or capped_backoff()
         factory = ControlClientFactory(channel, address.connect_url(channel.agent_id), token,
                                        reactor)
@@ -127,7 +130,15 @@ class ControlService(service.Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
-        link = self.channel.link
-        if link is not None:
-            link.close(CLOSE_NORMAL, "agent shutting down")
-        return self.client.stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        # A WebSocket close handshake first, so the hub reads 1000 and not a dropped socket.
+        self.channel.stopping = True
+        closed = self.channel.close(CLOSE_NORMAL, "agent shutting down")
+        closed.addTimeout(CLOSE_WAIT_SECONDS, self.reactor)
+        try:
+            await closed
+        except defer.TimeoutError:
+            pass
+        await self.client.stopService()

@@ -7,9 +7,11 @@ frame of at most 64 KiB, each binary frame is written to TCP as is.
 
 Backpressure: each leg's transport is registered as a streaming producer on the other, so
 when the WebSocket cannot send, the agent stops reading the VNC socket, and when the VNC
-server does not read, the agent stops reading the WebSocket. Per tunnel the agent then
-buffers at most about two transport buffers plus one read in each direction (Twisted's
-64 KiB write-buffer threshold, 64 KiB reads): under 512 KiB whatever the peers do.
+server does not read, the agent stops reading the WebSocket. What the agent then holds per
+tunnel is bounded whatever the peers do: towards the control plane, one write buffer
+(paused past Twisted's 64 KiB threshold) plus one 64 KiB read; towards the VNC server, one
+write buffer plus one message being assembled, each at most 256 KiB: under 1 MiB in all,
+and in practice (VNC clients send small messages) under 512 KiB.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from agent.platforms.base import VncEndpoint
 
 log = Logger()
 
-MAX_FRAME = 64 * 1024
+MAX_FRAME = 64 * 1024  # what the agent sends: one frame per TCP read, split at 64 KiB
+MAX_INBOUND = 256 * 1024  # the largest binary message the control plane may send
 CLOSE_GRACE = 5.0
 
 
@@ -345,7 +348,7 @@ class TunnelManager:
                              reactor=self.reactor,
                              headers={"Authorization": f"Bearer {secret}"})
         factory.setProtocolOptions(
-            maxFramePayloadSize=MAX_FRAME, maxMessagePayloadSize=MAX_FRAME,
+            maxFramePayloadSize=MAX_INBOUND, maxMessagePayloadSize=MAX_INBOUND,
             perMessageCompressionOffers=[], autoFragmentSize=0, tcpNoDelay=True,
             openHandshakeTimeout=self.open_timeout, closeHandshakeTimeout=2)
         tunnel._ws_connecting = self.address.endpoint(

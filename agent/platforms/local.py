@@ -308,9 +308,13 @@ class LocalDriver(PlatformDriver):
     async def _teardown(self, sess: _Session) -> None:
         sess.state = "stopping"
         try:
+            # Both at once: an X client that ignores SIGTERM while it starts up still exits
+            # when its display goes away.
+            stopping = [defer.ensureDeferred(self._kill_display(sess))]
             if sess.app is not None:
-                await procgroup.terminate_group(sess.app, self.reactor, self.stop_grace)
-            await self._kill_display(sess)
+                stopping.append(defer.ensureDeferred(
+                    procgroup.terminate_group(sess.app, self.reactor, self.stop_grace)))
+            await defer.gatherResults(stopping, consumeErrors=True)
             # anything of this session that left its process group (daemons, setsid'd kids)
             procgroup.kill_pids(procgroup.pids_with_environ(
                 *[f"{k}={v}" for k, v in

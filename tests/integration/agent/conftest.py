@@ -10,6 +10,7 @@ from agent.endpoints import ControlPlaneAddress
 from agent.service import build_agent
 from tests.support.fake_control_plane import FakeControlPlane
 from tests.support.fake_driver import FakeDriver
+from tests.support.xvnc_sessions import kill_leftovers
 
 
 def block(d):
@@ -54,7 +55,16 @@ class AgentRunner:
 
 
 @pytest.fixture
-def agents(control_plane, tmp_path):
-    runner = AgentRunner(control_plane, tmp_path / "agent")
+def state(tmp_path):
+    """The agent's state directory; afterwards, nothing it started may still run."""
+    path = tmp_path / "agent"
+    yield path
+    leaked = kill_leftovers(path)
+    assert not leaked, f"session processes left behind: {leaked}"
+
+
+@pytest.fixture
+def agents(control_plane, state):
+    runner = AgentRunner(control_plane, state)
     yield runner
     runner.stop_all()

@@ -254,3 +254,30 @@ async def test_a_restarted_agent_reaps_what_a_killed_one_left(local):
     await until(lambda: not display_in_use(record.display), 5, what="display freed")
     assert fresh.list_sessions() == []
     assert fresh.store.load("s1").state == "ended"
+
+
+def catalog_templates() -> list[dict]:
+    import json
+
+    path = Path(__file__).resolve().parents[3] / "catalog" / "templates.json"
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    return data["templates"] if isinstance(data, dict) else data
+
+
+@pytest.mark.parametrize("tpl", catalog_templates(), ids=lambda t: t["name"])
+@pytest_twisted.ensureDeferred
+async def test_the_default_catalog_runs_on_the_local_platform(local, tmp_path, tpl):
+    import shlex
+    import shutil
+
+    program = shlex.split(tpl["platforms"]["local"]["command"])[0]
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed (scripts/setup.sh installs it)")
+    driver = local.make()
+    endpoint = await driver.start_session("cat-1", SessionTemplate.from_json(tpl), ALICE, "")
+    await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png", minimum=100)
+    await driver.stop_session("cat-1")
+    assert session_pids(local.state) == []
+    assert local.statuses == []

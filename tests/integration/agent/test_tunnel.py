@@ -65,6 +65,10 @@ async def test_bytes_flow_both_ways_byte_for_byte(control_plane, agents, vnc_ser
     assert leg.max_frame <= 64 * 1024
     assert tunnel.bytes_from_vnc == 12 + len(blob)
     assert tunnel.bytes_to_vnc == 12 + 120000
+    # the control plane may send messages up to 256 KiB (e.g. a big clipboard paste)
+    leg.sendMessage(blob[:200_000], isBinary=True)
+    await until(lambda: len(peer.received) == 12 + 320000, 5, what="a 200 KB message")
+    assert bytes(peer.received[12 + 120000:]) == blob[:200_000]
 
 
 @pytest_twisted.ensureDeferred
