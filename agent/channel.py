@@ -195,11 +195,17 @@ class AgentChannel:
     def heartbeat(self) -> None:
         if self.link is None or not self.registered:
             return
-        self._send("heartbeat", {
-            "usage": self.driver.usage().to_json(),
-            "sessions": [{"session_id": s.session_id, "state": s.state}
-                         for s in self.driver.list_sessions()],
-        })
+        try:
+            payload = {
+                "usage": self.driver.usage().to_json(),
+                "sessions": [{"session_id": s.session_id, "state": s.state}
+                             for s in self.driver.list_sessions()],
+            }
+        except Exception:
+            # a driver bug must not stop the LoopingCall, or the hub would drop us
+            log.failure("the driver could not report usage; sending an empty heartbeat")
+            payload = {"usage": {}, "sessions": []}
+        self._send("heartbeat", payload)
 
     def _send(self, frame_type: str, payload: dict[str, Any]) -> None:
         if self.link is None:

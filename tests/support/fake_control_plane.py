@@ -199,14 +199,18 @@ class FakeControlPlane:
         self.secrets: dict[str, str] = {}
         self.tunnels: dict[str, _Leg] = {}
         self.port: int | None = None
+        self.tls = None
         self._listening = None
         self._bridges: list[Any] = []
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
-    def start(self, port: int = 0) -> int:
+    def start(self, port: int = 0, tls=None) -> int:
+        """Listen on 127.0.0.1; `tls` (server context options) makes it wss://."""
+        self.tls = tls if tls is not None else self.tls
         factory = WebSocketServerFactory(reactor=reactor)
         factory.setProtocolOptions(maxFramePayloadSize=1 << 20, maxMessagePayloadSize=1 << 20,
                                    perMessageCompressionAccept=lambda offers: None)
@@ -217,7 +221,10 @@ class FakeControlPlane:
 
         Leg.cp = cp
         factory.protocol = Leg
-        self._listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
+        if self.tls is not None:
+            self._listening = reactor.listenSSL(port, factory, self.tls, interface="127.0.0.1")
+        else:
+            self._listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
         self.port = self._listening.getHost().port
         return self.port
 
@@ -225,8 +232,12 @@ class FakeControlPlane:
         """Stop listening and drop every connection (a control plane going away)."""
         legs = [self.control, *self.tunnels.values()]
         for leg in legs:
-            if leg is not None and leg.transport is not None:
+            if leg is None or leg.transport is None or getattr(leg, "closed", None):
+                continue
+            try:
                 leg.transport.abortConnection()
+            except Exception:  # noqa: BLE001 (already closing: nothing left to abort)
+                pass
         self.control = None
         if self._listening is not None:
             listening, self._listening = self._listening, None

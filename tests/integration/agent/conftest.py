@@ -34,10 +34,11 @@ class AgentRunner:
         self.cp, self.state_dir = cp, state_dir
         self.services = []
 
-    def start(self, driver=None, token=None, heartbeat_interval=10.0, state_dir=None):
+    def start(self, driver=None, token=None, heartbeat_interval=10.0, state_dir=None,
+              address=None):
         driver = driver or FakeDriver()
         agent = build_agent(reactor, agent_id=self.cp.agent_id,
-                            address=ControlPlaneAddress.parse(self.cp.url),
+                            address=address or ControlPlaneAddress.parse(self.cp.url),
                             token=token or self.cp.token, driver=driver,
                             state_dir=state_dir or self.state_dir,
                             heartbeat_interval=heartbeat_interval)
