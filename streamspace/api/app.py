@@ -21,6 +21,8 @@ from streamspace.web import json_body
 log = Logger()
 
 # (method, path relative to /api/v1, handler, endpoint name). openapi.py documents each.
+# (GET /sessions/<id>/events, the SSE progress stream, and POST /sessions/<id>/vnc-token
+# are served by streamspace.sessions.routes on the root; documented here too.)
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/auth/login", auth_routes.login, "auth.login"),
     ("POST", "/auth/refresh", auth_routes.refresh, "auth.refresh"),
@@ -42,7 +44,6 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/sessions/<session_id>", sessions.get_session, "sessions.get"),
     ("PATCH", "/sessions/<session_id>", sessions.update_session, "sessions.update"),
     ("DELETE", "/sessions/<session_id>", sessions.delete_session, "sessions.delete"),
-    ("GET", "/sessions/<session_id>/events", sessions.session_events, "sessions.events"),
     ("POST", "/agents/register", agents.register_agent, "agents.register"),
     ("GET", "/agents", agents.list_agents, "agents.list"),
     ("POST", "/agents", agents.create_agent, "agents.create"),

@@ -167,12 +167,16 @@ ERRORS = {
 
 def _op(summary: str, ok: int | None, schema: dict | None, *, auth: str | None = "bearer",
         body: str | None = None, errors: tuple[int, ...] = (), params: list | None = None,
-        ok_description: str = "success", description: str | None = None) -> dict[str, Any]:
-    responses: dict[str, Any] = {}
+        ok_description: str = "success", description: str | None = None,
+        also: dict[int, str] | None = None, content_type: str = JSON) -> dict[str, Any]:
+    responses: dict[str, Any] = {str(code): {"description": text}
+                                 for code, text in (also or {}).items()}
     if ok is not None:
         responses[str(ok)] = {"description": ok_description}
         if schema is not None:
             responses[str(ok)]["content"] = {JSON: {"schema": schema}}
+        elif content_type != JSON:
+            responses[str(ok)]["content"] = {content_type: {"schema": {"type": "string"}}}
     codes = set(errors) | {503}
     if auth is not None:
         codes.add(401)
@@ -297,12 +301,40 @@ def _paths() -> dict[str, Any]:
                 "Delete a session", 202, _ref("Session"), errors=(404, 409),
                 ok_description="deletion started (`terminating`), or done at once "
                                "(`terminated`) for a session that never reached an agent",
-                description="204 when the session was already terminated."),
+                also={204: "the session was already terminated"}),
         },
+        # Served by streamspace.sessions.routes (the lifecycle and VNC side):
         "/sessions/{session_id}/events": {
             "parameters": [SESSION_ID],
-            "get": _op("A session's progress events, oldest first", 200,
-                       _list("SessionEvent"), errors=(404,)),
+            "get": _op("A session's progress as Server-Sent Events", 200, None,
+                       errors=(404,), ok_description="text/event-stream: every progress "
+                       "event (`event: state`, data {state, message, at}), then live ones, "
+                       "ending at running, failed, hibernated or terminated",
+                       content_type="text/event-stream"),
+        },
+        "/sessions/{session_id}/vnc-token": {
+            "parameters": [SESSION_ID],
+            "post": _op("A short-lived, session-scoped token for the VNC WebSocket", 200,
+                        _obj({"token": {"type": "string"}, "expires_at": ISO,
+                              "url": {"type": "string"}}), errors=(404, 409)),
+        },
+        # WebSockets (upgrade requests), specified in docs/protocol.md:
+        "/vnc/{session_id}": {
+            "parameters": [SESSION_ID],
+            "get": _op("Browser VNC WebSocket (binary RFB), `?token=` from vnc-token", 101,
+                       None, auth=None, errors=(401, 403, 404),
+                       ok_description="Switching Protocols"),
+        },
+        "/agent/connect": {
+            "get": _op("Agent control channel WebSocket (JSON frames)", 101, None,
+                       auth="agent", errors=(400, 409),
+                       ok_description="Switching Protocols",
+                       params=[_q("agent_id", "the connecting agent's id")]),
+        },
+        "/agent/tunnel/{tunnel_id}": {
+            "parameters": [_path("tunnel_id", "the tunnel id sent in vnc_connect")],
+            "get": _op("Agent VNC tunnel WebSocket (binary), Bearer = one-time secret", 101,
+                       None, auth=None, errors=(403,), ok_description="Switching Protocols"),
         },
         "/agents": {
             "get": _op("List agents (admin)", 200, _list("Agent"), errors=(400, 403), params=[

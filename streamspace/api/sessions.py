@@ -86,15 +86,6 @@ async def get_session(api, request, session_id):
     return api.ok(request, shapes.session(row))
 
 
-async def session_events(api, request, session_id):
-    principal = await api.principal(request)
-    session_id = _session_id(session_id)
-    if await sessions.get(api.ctx.db, session_id, owner_id=_owner_scope(principal)) is None:
-        raise not_found("no such session")
-    rows = await sessions.events(api.ctx.db, session_id)
-    return api.ok(request, [shapes.session_event(r) for r in rows])
-
-
 async def create_session(api, request):
     principal = await api.principal(request)
     body = validate(read_json(request), CREATE_FIELDS)
