@@ -1,0 +1,181 @@
+"""Property: whatever body a client sends to a write route, the answer is never a 5xx,
+always JSON in the one error shape when it fails, and a refused request changes nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import pytest_twisted
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer, reactor, threads
+
+from streamspace.api import agents, auth_routes, sessions, templates, users
+from streamspace.api.app import ROUTES
+from streamspace.api.body import Field
+from tests.integration.api.support import (
+    PASSWORD,
+    make_agent,
+    make_session,
+    make_template,
+    make_user,
+    token_for,
+)
+
+FIELDS = {
+    "auth.login": auth_routes.LOGIN_FIELDS, "auth.password": auth_routes.PASSWORD_FIELDS,
+    "users.create": users.CREATE_FIELDS, "users.update": users.UPDATE_FIELDS,
+    "templates.create": templates.CREATE_FIELDS, "templates.update": templates.UPDATE_FIELDS,
+    "sessions.create": sessions.CREATE_FIELDS, "sessions.update": sessions.UPDATE_FIELDS,
+    "agents.create": agents.CREATE_FIELDS, "agents.register": agents.REGISTER_FIELDS,
+}
+WRITES = sorted(endpoint for method, _, _, endpoint in ROUTES if method != "GET")
+# Routes whose refusals are themselves audited (failed logins, wrong tokens).
+AUDITS_FAILURES = {"auth.login", "auth.password", "agents.register"}
+
+PLAUSIBLE = st.sampled_from([
+    "terminal", "running", "hibernated", "terminated", "local", "kubernetes", "admin", "user",
+    "owner", "root", PASSWORD, "agent-1", "", " ", "a" * 300, "\u2603", "-", "x" * 64,
+    {"image": "x"}, {"local": {"command": "xterm"}}, {"kubernetes": {}}, {"A": "b"},
+])
+LEAVES = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
+          | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20)
+          | PLAUSIBLE)
+JSON = st.recursive(LEAVES, lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=12)
+
+
+def valid(field: Field):
+    """Values the field accepts (mostly), so examples also reach the database code."""
+    if field.kind == "string":
+        if field.choices:
+            base = st.sampled_from(field.choices)
+        elif field.pattern:
+            base = st.from_regex(field.pattern, fullmatch=True)
+        else:
+            base = st.text(min_size=field.min_len or 0, max_size=min(field.max_len or 40, 40))
+    elif field.kind == "integer":
+        base = st.integers(min_value=int(field.min if field.min is not None else -(2**31)),
+                           max_value=int(field.max if field.max is not None else 2**31))
+    elif field.kind == "number":
+        lo, hi = field.min or 0, field.max or 1e6
+        base = st.floats(min_value=lo, max_value=hi) | st.integers(int(lo) + 1, int(hi))
+    elif field.kind == "boolean":
+        base = st.booleans()
+    elif field.kind == "string_map":
+        base = st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True),
+                               st.text(max_size=10), max_size=3)
+    elif field.custom is not None:  # platforms
+        base = st.dictionaries(
+            st.sampled_from(["local", "kubernetes", "docker", "Bad"]),
+            st.fixed_dictionaries({}, optional={"image": st.text(max_size=8),
+                                                "command": st.text(max_size=8)}), max_size=3)
+    else:
+        base = st.dictionaries(st.text(max_size=8), JSON, max_size=3)
+    return base | st.none() if field.nullable else base
+
+
+# Values that name things the world has, so more examples get past the lookups.
+KNOWN = {
+    "sessions.create": {"template": st.sampled_from(["terminal", "spare", "nope"]),
+                        "user": st.sampled_from(["owner", "victim", "ghost"])},
+    "auth.login": {"username": st.sampled_from(["owner", "root", "ghost"]),
+                   "password": st.sampled_from([PASSWORD, "wrong"])},
+    "auth.password": {"current_password": st.sampled_from([PASSWORD, "wrong"])},
+    "agents.register": {"agent_id": st.sampled_from(["agent-1", "ghost"])},
+}
+
+
+def bodies(endpoint: str):
+    fields = FIELDS.get(endpoint, {})
+    known = KNOWN.get(endpoint, {})
+    names = sorted(fields) + ["unknown", "id"]
+    junk = st.dictionaries(st.sampled_from(names), JSON | PLAUSIBLE, max_size=len(names))
+
+    def ok(name, field):
+        return known[name] | valid(field) if name in known else valid(field)
+
+    good = st.fixed_dictionaries(
+        {n: ok(n, f) for n, f in fields.items() if f.required},
+        optional={n: ok(n, f) for n, f in fields.items() if not f.required})
+    spoiled = st.fixed_dictionaries(
+        {n: ok(n, f) | JSON for n, f in fields.items() if f.required},
+        optional={n: ok(n, f) | JSON for n, f in fields.items() if not f.required})
+    return st.one_of(good, good, spoiled, junk, JSON, st.binary(max_size=40))
+
+
+# 30 per route keeps the suite fast; raise it for a deeper hunt.
+EXAMPLES = int(os.environ.get("STREAMSPACE_FUZZ_EXAMPLES", "30"))
+
+FINGERPRINT = """SELECT
+  (SELECT count(*) FROM users), (SELECT max(updated_at) FROM users),
+  (SELECT string_agg(password_hash, ',' ORDER BY id) FROM users),
+  (SELECT count(*) FROM templates), (SELECT max(updated_at) FROM templates),
+  (SELECT count(*) FROM sessions), (SELECT max(updated_at) FROM sessions),
+  (SELECT count(*) FROM agents), (SELECT max(updated_at) FROM agents),
+  (SELECT count(*) FROM session_events), (SELECT count(*) FROM revoked_tokens),
+  (SELECT count(*) FROM audit_log)"""
+
+
+def block(coro):
+    return pytest_twisted.blockon(defer.Deferred.fromCoroutine(coro))
+
+
+@pytest.fixture
+def world(client, db):
+    async def build():
+        admin = await make_user(db, "root", role="admin")
+        await make_user(db, "admin2", role="admin")
+        owner = await make_user(db, "owner", max_sessions=1000)
+        victim = await make_user(db, "victim")
+        template = await make_template(db)
+        await make_template(db, name="spare")
+        agent_uuid = await make_agent(db, "agent-1")
+        sid = await make_session(db, owner, template, state="running", agent_uuid=agent_uuid)
+        return {"admin": admin, "owner": owner, "paths": {
+            "user_id": victim["id"], "name": "spare", "session_id": sid,
+            "agent_id": "agent-1"}}
+
+    return block(build())
+
+
+def _path(template: str, params: dict) -> str:
+    out = "/api/v1" + template
+    for key, value in params.items():
+        out = out.replace(f"<{key}>", value)
+    return out
+
+
+@pytest.mark.parametrize("endpoint", WRITES)
+@pytest_twisted.ensureDeferred
+async def test_no_body_makes_a_5xx(endpoint, client, db, world):
+    """Hypothesis drives examples from a worker thread; each request runs on the reactor
+    (blockingCallFromThread), so the reactor is never blocked."""
+    method, template = next((m, p) for m, p, _, e in ROUTES if e == endpoint)
+    path = _path(template, world["paths"])
+    who = world["owner"] if endpoint.startswith("sessions.") else world["admin"]
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(payload=bodies(endpoint))
+    def run(payload):
+        async def attempt():
+            before = (await db.query(FINGERPRINT))[0]
+            if isinstance(payload, bytes):
+                r = await client.request(method, path, raw=payload, token=token_for(who),
+                                         headers={"Content-Type": "application/json"})
+            else:
+                r = await client.request(method, path, json_body=payload,
+                                         token=token_for(who))
+            # (the client already asserted: no 5xx, JSON error shape, matches OpenAPI)
+            if 400 <= r.status < 500:
+                after = (await db.query(FINGERPRINT))[0]
+                if endpoint in AUDITS_FAILURES:
+                    before, after = before[:-1], after[:-1]
+                assert before == after, (endpoint, payload, r.status, r.body)
+
+        threads.blockingCallFromThread(reactor, lambda: defer.Deferred.fromCoroutine(attempt()))
+
+    await threads.deferToThread(run)
