@@ -46,9 +46,17 @@ class AgentService(service.MultiService):
         return defer.ensureDeferred(self._drain())
 
     async def _drain(self) -> None:
+        # Each step runs even if the one before failed: a half-drained agent leaks sessions.
         self.executor.accepting = False
-        await self.tunnels.close_all()
-        stopped = await self.driver.stop_all()
+        try:
+            await self.tunnels.close_all()
+        except Exception:
+            log.failure("closing tunnels at shutdown")
+        stopped: list[str] = []
+        try:
+            stopped = await self.driver.stop_all()
+        except Exception:
+            log.failure("stopping sessions at shutdown")
         for session_id in stopped:
             self.channel.session_status(session_id, "failed", SHUTDOWN_REASON)
         running = self.executor.running()

@@ -164,7 +164,8 @@ class LocalDriver(PlatformDriver):
         check_capacity(self.capacity, self.usage(), template)
         home = self.store.home_for(session_id, template, user)
         record = SessionRecord(session_id=session_id, template=template.name,
-                               user_id=user.id, username=user.username, name=name,
+                               user_id=user.id, username=_printable(user.username),
+                               name=_printable(name),
                                persistent_home=template.persistent_home, home=str(home),
                                state="starting")
         sess = _Session(record=record, template=template)
@@ -202,8 +203,8 @@ class LocalDriver(PlatformDriver):
             tried.add(display)
             sess.display, sess.port = display, port
             argv = xvnc.xvnc_argv(display, port, geometry,
-                                  desktop=sess.record.name or sess.template.display_name
-                                  or sess.template.name)
+                                  desktop=(sess.record.name or sess.template.display_name
+                                           or sess.template.name)[:64])
             env = {"PATH": xvnc.default_path(), "HOME": str(run_dir), **markers}
             proc = procgroup.spawn_in_group(self.reactor, "xvnc", argv, env, str(run_dir),
                                             run_dir / "xvnc.log")
@@ -333,6 +334,11 @@ class LocalDriver(PlatformDriver):
             xvnc.remove_display_files(display, proc.pid if proc else None)
             self.displays.release(display, port)
         sess.display = sess.port = None
+
+
+def _printable(text: str, limit: int = 128) -> str:
+    """User-supplied names go into argv and the environment: no control characters."""
+    return "".join(c for c in str(text) if c.isprintable())[:limit]
 
 
 async def _settled(d: defer.Deferred) -> None:
