@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -19,6 +20,20 @@ from streamspace.settings import (
 )
 
 MIN_JWT_SECRET = 32
+
+
+def ip_networks(text: str) -> tuple:
+    """`10.0.0.0/8, 192.168.1.5` -> networks (empty text -> none)."""
+    out = []
+    for item in (part.strip() for part in str(text).split(",")):
+        if not item:
+            continue
+        try:
+            out.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(out)
+
 
 SETTINGS: list[Setting] = [
     Setting("port", "PORT", "8080", "HTTP port for the API, WebSockets and UI", port_number),
@@ -56,6 +71,10 @@ SETTINGS: list[Setting] = [
     Setting("max-sessions-per-user", "MAX_SESSIONS_PER_USER", "5",
             "concurrent sessions a user may have (admins can override per user)",
             non_negative_int),
+    Setting("trusted-proxies", "TRUSTED_PROXIES", "",
+            "comma-separated addresses/networks of reverse proxies whose X-Forwarded-For "
+            "names the client (login rate limits and audit use it); none by default",
+            ip_networks),
     Setting("session-idle-timeout", "SESSION_IDLE_TIMEOUT", "0",
             "hibernate running sessions without keyboard/mouse input for this long "
             "(0 = never; a template's idle timeout wins)", parse_duration),

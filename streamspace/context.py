@@ -21,4 +21,6 @@ class AppContext:
     command_timeout: float = 120.0
     agent_heartbeat_timeout: float = 30.0
     vnc_proxy_timeout: float = 300.0
+    # reverse proxies whose X-Forwarded-For is believed (ipaddress networks)
+    trusted_proxies: tuple = ()
     extras: dict[str, Any] = field(default_factory=dict)

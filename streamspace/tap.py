@@ -133,7 +133,8 @@ def makeService(options) -> service.IService:
         default_max_sessions=options["max_sessions_per_user"],
         command_timeout=options["command_timeout"],
         agent_heartbeat_timeout=options["agent_heartbeat_timeout"],
-        vnc_proxy_timeout=options["vnc_proxy_timeout"])
+        vnc_proxy_timeout=options["vnc_proxy_timeout"],
+        trusted_proxies=options["trusted_proxies"])
     database.add_startup_hook(catalog_hook(load_catalog()))
 
     fleet = build_fleet(reactor, database, heartbeat_timeout=options["agent_heartbeat_timeout"],

@@ -72,6 +72,9 @@ class Api:
     async def admin(self, request) -> api_auth.Principal:
         return await api_auth.require_admin(self.ctx, request)
 
+    def client_addr(self, request) -> str:
+        return api_auth.client_addr(request, self.ctx.trusted_proxies)
+
     async def audit(self, cursor, request, principal: api_auth.Principal | None, action: str,
                     target_type: str, target_id: str | None, *, success: bool = True,
                     details: dict | None = None, actor_name: str | None = None) -> None:
@@ -81,7 +84,7 @@ class Api:
             actor_name=actor_name if actor_name is not None else
             (principal.username if principal else ""),
             action=action, target_type=target_type, target_id=target_id,
-            client_addr=api_auth.client_addr(request), success=success, details=details)
+            client_addr=self.client_addr(request), success=success, details=details)
 
     async def notify(self, extra: str, method: str, *args: Any) -> None:
         """Tell a wired collaborator (`ctx.extras[extra]`, e.g. the session lifecycle or

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from streamspace.api.body import is_uuid
@@ -35,9 +36,32 @@ def bearer_token(request) -> str | None:
     return value.strip()
 
 
-def client_addr(request) -> str:
-    addr = request.getClientAddress()
-    return getattr(addr, "host", "") or ""
+def client_addr(request, trusted_proxies=()) -> str:
+    """The client's address: the peer, or, when the peer is a trusted reverse proxy, the
+    right-most X-Forwarded-For entry that is not itself a trusted proxy."""
+    peer = getattr(request.getClientAddress(), "host", "") or ""
+    if not trusted_proxies or not _trusted(peer, trusted_proxies):
+        return peer
+    header = request.getHeader(b"x-forwarded-for")
+    if not header:
+        return peer
+    hops = [h.strip() for h in header.decode("latin-1").split(",")][-32:]
+    for hop in reversed(hops):
+        try:
+            ip = ipaddress.ip_address(hop)
+        except ValueError:
+            return peer  # a malformed chain: believe only what we saw
+        if not _trusted(str(ip), trusted_proxies):
+            return str(ip)
+    return peer
+
+
+def _trusted(addr: str, networks) -> bool:
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
 
 
 async def authenticate(ctx, request) -> Principal:

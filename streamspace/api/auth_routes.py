@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from streamspace.api import shapes
-from streamspace.api.auth import Principal, client_addr
+from streamspace.api.auth import Principal
 from streamspace.api.body import USERNAME, Field, read_json, validate
 from streamspace.api.errors import ApiError, unauthorized
 from streamspace.auth import passwords, tokens
@@ -52,7 +52,7 @@ def _too_many(retry_after: int) -> ApiError:
 async def login(api, request):
     body = validate(read_json(request), LOGIN_FIELDS)
     username = body["username"].strip().lower()
-    addr = client_addr(request)
+    addr = api.client_addr(request)
     keys = (f"user:{username}", f"addr:{addr}")
     limiter = api.login_limiter
     wait = limiter.retry_after(keys)
@@ -135,7 +135,7 @@ async def me(api, request):
 async def change_password(api, request):
     principal = await api.principal(request)
     body = validate(read_json(request), PASSWORD_FIELDS)
-    keys = (f"user:{principal.username}", f"addr:{client_addr(request)}")
+    keys = (f"user:{principal.username}", f"addr:{api.client_addr(request)}")
     wait = api.login_limiter.retry_after(keys)
     if wait is not None:
         raise _too_many(wait)

@@ -8,6 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.task import Clock
 
 from streamspace.auth.ratelimit import LoginRateLimiter
+from streamspace.config import ip_networks
 from tests.integration.api.support import PASSWORD, SECRET, count, make_user, token_for
 
 
@@ -170,3 +171,23 @@ async def gather(*coros):
     from twisted.internet import defer
 
     return await defer.gatherResults([defer.Deferred.fromCoroutine(c) for c in coros])
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_and_audit_use_the_forwarded_address_behind_a_trusted_proxy(
+        client, db, ctx):
+    ctx.trusted_proxies = ip_networks("127.0.0.1")
+    await make_user(db, "judy")
+    for i in range(10):
+        r = await client.post("/api/v1/auth/login", {"username": f"u{i}", "password": "x"},
+                              headers={"X-Forwarded-For": "198.51.100.7"})
+        assert r.status == 401
+    blocked = await client.post("/api/v1/auth/login", {"username": "judy", "password": PASSWORD},
+                                headers={"X-Forwarded-For": "198.51.100.7"})
+    assert blocked.status == 429
+    # another client behind the same proxy is not locked out
+    ok = await client.post("/api/v1/auth/login", {"username": "judy", "password": PASSWORD},
+                           headers={"X-Forwarded-For": "198.51.100.8"})
+    assert ok.status == 200
+    rows = await db.query("SELECT DISTINCT client_addr FROM audit_log ORDER BY 1")
+    assert [r[0] for r in rows] == ["198.51.100.7", "198.51.100.8"]
