@@ -35,18 +35,26 @@ async def test_malformed_bodies(client, db):
         r = await client.request("POST", "/api/v1/sessions", raw=raw, token=token,
                                  headers=json_type)
         assert (r.status, r.code) == (status, code), (raw[:60], r.body)
+    r = await client.request("POST", "/api/v1/sessions", raw=b"template: terminal", token=token,
+                             headers={"Content-Type": "text/plain"})
+    assert r.status == 415 and r.code == "unsupported_media_type"
+    # curl -d sends a form type: the body must still be JSON
     r = await client.request("POST", "/api/v1/sessions", raw=b"template=terminal", token=token,
                              headers={"Content-Type": "application/x-www-form-urlencoded"})
-    assert r.status == 415 and r.code == "unsupported_media_type"
+    assert r.status == 400 and r.code == "invalid_json"
     typo = await client.post("/api/v1/sessions", {"template": "terminal", "nmae": "x"},
                              token=token)
     assert "`nmae`" in typo.json["error"]["message"]
     wrong = await client.post("/api/v1/sessions", {"template": 7}, token=token)
     assert wrong.json["error"]["message"] == "`template` must be a string"
     assert await count(db, "sessions") == 0 and await count(db, "audit_log") == 0
-    # no Content-Type at all is read as JSON (curl -d without -H)
+    # no Content-Type, or curl's default for -d, is read as JSON
     ok = await client.request("POST", "/api/v1/sessions", raw=b'{"template": "terminal"}',
                               token=token)
+    assert ok.status == 201
+    ok = await client.request("POST", "/api/v1/sessions", raw=b'{"template": "terminal"}',
+                              token=token,
+                              headers={"Content-Type": "application/x-www-form-urlencoded"})
     assert ok.status == 201
 
 

@@ -54,6 +54,10 @@ def test_content_length_and_type():
     assert read_json(FakeRequest(b"{}", {"Content-Type": "application/json; charset=utf-8"})) \
         == {}
     assert read_json(FakeRequest(b"{}", {"Content-Type": "application/merge-patch+json"})) == {}
+    assert read_json(FakeRequest(b"{}", {"Content-Type": "application/x-www-form-urlencoded"})) \
+        == {}
+    assert status(read_json, FakeRequest(b"{}", {"Content-Type": "multipart/form-data"}))[0] \
+        == 415
 
 
 FIELDS = {
