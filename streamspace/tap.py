@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from twisted.application import service
+from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -18,6 +19,7 @@ from streamspace.db.embedded import EmbeddedPostgres
 from streamspace.db.pool import dsn_from_options
 from streamspace.db.service import DatabaseService
 from streamspace.secrets_store import read_or_create
+from streamspace.service_tree import OrderedMultiService
 
 log = Logger()
 
@@ -65,7 +67,11 @@ class ListeningService(service.Service):
         super().stopService()
         if self.listening is not None:
             listening, self.listening = self.listening, None
-            return listening.stopListening()
+            d = defer.maybeDeferred(listening.stopListening)
+            close = getattr(self.factory, "close_connections", None)
+            if close is not None:
+                d.addCallback(lambda _: close())
+            return d
         return None
 
 
@@ -91,6 +97,7 @@ def makeService(options) -> service.IService:
     from streamspace.local_agent import LocalAgentService
     from streamspace.relay.proxy import VncProxy
     from streamspace.sessions.routes import SessionRoutes
+    from streamspace.static import build_static_resource
     from streamspace.web import ControlPlaneWeb, make_site
 
     logs.set_level(options["log_level"])
@@ -101,7 +108,7 @@ def makeService(options) -> service.IService:
     # 0711: others may traverse (the embedded cluster runs as `postgres` when we are
     # root) but not list; every file here is created 0600.
     os.chmod(state_dir, 0o711)
-    root = service.MultiService()
+    root = OrderedMultiService()
 
     embedded = EmbeddedPostgres(state_dir, reactor) if uses_embedded_database(options) else None
     migrate = bool(options["migrate"] or options["migrate_only"] or is_dev(options))
@@ -159,7 +166,8 @@ def makeService(options) -> service.IService:
         database, api=api_resource,
         websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
                     "agent_tunnel": proxy.tunnel_endpoint()},
-        session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle))
+        session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle),
+        static=build_static_resource())
     site = make_site(web_root, api_map)
     web = ListeningService(reactor, options["port"], site, options["interface"])
     web.setServiceParent(root)

@@ -214,11 +214,15 @@ class AgentHub:
         self._sweeper.start(interval, now=False)
 
     def stop(self) -> defer.Deferred:
+        """Close every agent connection; fires once their offline marks are written."""
         if self._sweeper.running:
             self._sweeper.stop()
+        done = []
         for link in list(self.links.values()):
+            done.append(defer.Deferred.fromCoroutine(
+                self.detach(link, "control plane shutting down")))
             link.close_with(1000, "control plane shutting down")
-        return defer.succeed(None)
+        return defer.gatherResults(done, consumeErrors=True)
 
     def close_silent(self) -> None:
         now = self.reactor.seconds()

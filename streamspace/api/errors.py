@@ -54,6 +54,8 @@ def render(request, failure) -> bytes:
             request.setHeader(name.encode(), value.encode())
         return error_body(request, e.status, e.code, e.message)
     if isinstance(e, DatabaseUnavailable):
+        log.warn("database unavailable answering {path}: {reason}",
+                 path=request.path.decode("latin-1", "replace"), reason=str(e))
         request.setHeader(b"Retry-After", b"2")
         return error_body(request, 503, "database_unavailable",
                           "the database is unavailable right now; try again shortly")
