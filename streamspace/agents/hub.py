@@ -57,6 +57,7 @@ class AgentHub:
         self.links: dict[str, AgentLink] = {}  # agent uuid -> live connection
         self.lifecycle: Any = None  # set by the wiring (SessionLifecycle)
         self._ephemeral: dict[str, defer.Deferred] = {}
+        self._writes: set[defer.Deferred] = set()  # offline marks still being written
         self._sweeper = task.LoopingCall(self.close_silent)
         self._sweeper.clock = reactor
 
@@ -89,6 +90,20 @@ class AgentHub:
         if self.links.get(link.agent["id"]) is link and not link.registered:
             link.close_with(CLOSE_PROTOCOL_ERROR, "no register frame within 10 seconds")
 
+    def detach_soon(self, link: AgentLink, reason: str) -> defer.Deferred:
+        """Forget a closed connection; `stop()` waits for the database write it starts."""
+        d = defer.Deferred.fromCoroutine(self.detach(link, reason))
+        self._writes.add(d)
+
+        def done(result):
+            self._writes.discard(d)
+            return result
+
+        d.addBoth(done)
+        d.addErrback(lambda f: log.warn("marking agent offline failed: {e}",
+                                        e=f.getErrorMessage()))
+        return d
+
     async def detach(self, link: AgentLink, reason: str) -> None:
         if self.links.get(link.agent["id"]) is not link:
             return
@@ -100,6 +115,15 @@ class AgentHub:
         affected = await fleet.mark_offline(self.db, link.agent["id"], link.conn_id, reason)
         if affected and self.lifecycle is not None:
             self.lifecycle.publish_many(affected)
+
+    async def agent_revoked(self, agent_id: str) -> None:
+        """Its token was rotated or the agent deleted: a live connection must not outlast
+        the credential it was admitted with."""
+        for link in list(self.links.values()):
+            if link.agent["agent_id"] == agent_id:
+                log.info("agent {agent_id}: credentials revoked, disconnecting",
+                         agent_id=agent_id)
+                link.close_with(CLOSE_UNAUTHORIZED, "agent token revoked")
 
     # -- frames ---------------------------------------------------------------------------
 
@@ -217,12 +241,10 @@ class AgentHub:
         """Close every agent connection; fires once their offline marks are written."""
         if self._sweeper.running:
             self._sweeper.stop()
-        done = []
         for link in list(self.links.values()):
-            done.append(defer.Deferred.fromCoroutine(
-                self.detach(link, "control plane shutting down")))
+            self.detach_soon(link, "control plane shutting down")
             link.close_with(1000, "control plane shutting down")
-        return defer.gatherResults(done, consumeErrors=True)
+        return defer.DeferredList(list(self._writes))
 
     def close_silent(self) -> None:
         now = self.reactor.seconds()

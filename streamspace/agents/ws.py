@@ -73,14 +73,12 @@ class AgentControlProtocol(WebSocketServerProtocol):
         self.sendClose(code, reason[:120])
         # a peer that never answers the close handshake is dropped by autobahn's
         # closeHandshakeTimeout; the hub forgets the agent now
-        defer.Deferred.fromCoroutine(self.factory.hub.detach(self, reason))
+        self.factory.hub.detach_soon(self, reason)
 
     def onClose(self, wasClean: bool, code: int, reason: str | None) -> None:
         self._closing = True
         if getattr(self, "agent", None) is not None:
-            d = defer.Deferred.fromCoroutine(
-                self.factory.hub.detach(self, reason or f"connection closed ({code})"))
-            d.addErrback(lambda f: log.failure("marking agent offline failed", f))
+            self.factory.hub.detach_soon(self, reason or f"connection closed ({code})")
 
 
 class AgentControlFactory(WebSocketServerFactory):

@@ -345,3 +345,13 @@ async def test_agent_offline_makes_sessions_unreachable_and_reconcile(hub_server
     await poll(reconciled, what="reconciliation after re-register")
     assert "no longer runs" in (await state_of(db, lost))[1]
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_revoked_agent_is_disconnected(hub_server):
+    base, fleet, db = hub_server
+    _, token = await make_agent(db, "a-revoke")
+    client = await registered_client(base, "a-revoke", token)
+    await fleet.hub.agent_revoked("a-revoke")
+    code, reason = await client.wait_closed()
+    assert code == 4001 and "revoked" in reason
