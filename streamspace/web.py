@@ -120,11 +120,23 @@ class ControlPlaneWeb:
             return error_body(request, 404, "not_found", "not found")
         return self.static
 
-    @app.handle_errors(HTTPException)
-    def http_error(self, request, failure):
+    @app.handle_errors(Exception)
+    def any_error(self, request, failure):
+        """Whatever fails answers in the one JSON error shape, never an HTML traceback."""
         e = failure.value
-        return error_body(request, e.code, _HTTP_CODES.get(e.code, "http_error"),
-                          e.description or e.name)
+        if isinstance(e, HTTPException):
+            return error_body(request, e.code, _HTTP_CODES.get(e.code, "http_error"),
+                              e.description or e.name)
+        from streamspace.db.pool import DatabaseUnavailable
+
+        if isinstance(e, DatabaseUnavailable):
+            request.setHeader(b"Retry-After", b"2")
+            return error_body(request, 503, "database_unavailable",
+                              "the database is unavailable right now; try again shortly")
+        log.failure("unhandled error in {method} {path}", failure,
+                    method=request.method.decode("latin-1"),
+                    path=request.path.decode("latin-1", "replace"))
+        return error_body(request, 500, "internal_error", "internal error")
 
 
 def route_resolver(root_map: Map, api_map: Map | None = None):

@@ -136,7 +136,10 @@ class VncProxy:
         target = await fleet.vnc_target(self.db, session_id)
         if target is None:
             return None, (CLOSE_DENIED, "no such session")
-        if target["user_id"] != claims.sub and not await self._is_admin(claims.sub):
+        if target["user_id"] == claims.sub:
+            if target["owner_disabled"]:
+                return None, (CLOSE_DENIED, "this account is disabled")
+        elif not await self._is_admin(claims.sub):
             return None, (CLOSE_DENIED, "no such session")
         if target["state"] != states.RUNNING:
             return None, (CLOSE_NOT_RUNNING, f"the session is {target['state']}, not running")

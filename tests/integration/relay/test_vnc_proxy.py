@@ -70,8 +70,8 @@ async def test_real_vnc_client_sees_the_desktop_through_the_proxy(stack, tmp_pat
 
     image = Image.open(shot).convert("RGB")
     assert image.size == (1280, 800)
-    colours = set(image.resize((320, 200)).getdata())
-    assert len(colours) >= 2 and len(set(image.getdata())) > 20, len(colours)
+    colours = image.getcolors(maxcolors=1 << 24)
+    assert len(colours) > 20, len(colours)  # a drawn desktop, not a blank frame
 
     async def audited():
         return [a for a, _ in await audit_actions(stack, sid)] == ["vnc.connect", "vnc.disconnect"]
