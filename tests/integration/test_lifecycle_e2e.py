@@ -181,3 +181,30 @@ async def test_agent_capacity_respected_under_concurrent_creates(stack):
     assert len(running) == 2, [(s["state"], s["error"]) for s in finals]
     assert all("capacity" in s["error"] for s in finals if s["state"] == "failed")
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_events_stream_until_running(stack):
+    """GET /sessions/{id}/events is Server-Sent Events: every state change in order, and the
+    stream ends once the session settles (here: running)."""
+    import json as _json
+
+    import treq
+
+    await stack.start_agent("e2e-sse")
+    session = await stack.create_session("terminal")
+    response = await treq.get(f"{stack.base}/api/v1/sessions/{session['id']}/events",
+                              headers={"Authorization": f"Bearer {stack.token}"})
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type")[0] == "text/event-stream"
+    body = (await response.content()).decode()  # returns once the server ends the stream
+    states = [_json.loads(line[len("data: "):])["state"] for line in body.splitlines()
+              if line.startswith("data: ")]
+    assert states[0] == "pending" and states[-1] == "running", states
+    assert states.index("scheduled") < states.index("starting") < states.index("running")
+    other = await stack.create_user("eve")
+    r = await treq.get(f"{stack.base}/api/v1/sessions/{session['id']}/events",
+                       headers={"Authorization": f"Bearer {other}"})
+    assert r.code == 404
+    r = await treq.get(f"{stack.base}/api/v1/sessions/{session['id']}/events")
+    assert r.code == 401

@@ -355,3 +355,14 @@ async def test_revoked_agent_is_disconnected(hub_server):
     await fleet.hub.agent_revoked("a-revoke")
     code, reason = await client.wait_closed()
     assert code == 4001 and "revoked" in reason
+
+
+@pytest_twisted.ensureDeferred
+async def test_session_stuck_in_a_transitional_state_fails_with_a_reason(hub_server):
+    base, fleet, db = hub_server
+    sid = await make_session(db)
+    await db.execute("UPDATE sessions SET state = 'waking', "
+                     "state_changed_at = now() - interval '1 hour' WHERE id = %s", (sid,))
+    await fleet.lifecycle.sweep()
+    state, error = await state_of(db, sid)
+    assert state == "failed" and "waking" in error and "longer than" in error

@@ -291,3 +291,69 @@ async def test_agent_killed_mid_stream_cleans_up(stack):
     client = await connect(await stack.vnc_url(fresh["id"]))
     assert (await next_binary(client)).startswith(b"RFB 003.")
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_input_events_update_last_activity(stack, fake_agent):
+    sid, server = await fake_agent.session_on(b"RFB 003.008\n")
+    before = (await stack.session(sid))["last_activity"]
+    client = await connect(await stack.vnc_url(sid))
+    await next_binary(client)
+    # handshake and framebuffer requests only: a viewer watching is not activity
+    client.send_raw(b"RFB 003.008\n\x01\x01" + bytes([3, 1, 0, 0, 0, 0, 5, 0, 3, 32]),
+                    binary=True)
+    await poll(_now(lambda: len(server.connections[0].received) >= 24), what="handshake bytes")
+    assert (await stack.session(sid))["last_activity"] == before
+    client.send_raw(bytes([4, 1, 0, 0, 0, 0, 0, 0x61]), binary=True)  # KeyEvent "a"
+
+    async def touched():
+        return (await stack.session(sid))["last_activity"] > before
+
+    await poll(touched, what="last_activity to move after a key press")
+    client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tunnel_without_traffic_is_closed_after_vnc_proxy_timeout(migrated_dsn):
+    from tests.integration.relay.conftest import InProcessAgent
+    from tests.support.stack import make_stack
+
+    stack = make_stack(migrated_dsn, VNC_PROXY_TIMEOUT="2s")
+    await stack.start()
+    agent = InProcessAgent(stack, "idle-agent")
+    try:
+        await agent.start()
+        sid, server = await agent.session_on()
+        client = await connect(await stack.vnc_url(sid))
+        code, reason = await client.wait_closed(timeout=15)
+        assert "VNC_PROXY_TIMEOUT" in reason
+        await poll(_now(lambda: server.connections[0].closed), what="the agent side to close")
+        assert not stack.proxy.links
+        rows = await audit_actions(stack, sid)
+        assert [a for a, _ in rows] == ["vnc.connect", "vnc.disconnect"]
+        assert "VNC_PROXY_TIMEOUT" in rows[1][1]["reason"]
+    finally:
+        await agent.stop()
+        await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_idle_sessions_are_hibernated_through_the_queue(migrated_dsn):
+    from tests.integration.relay.conftest import InProcessAgent
+    from tests.support.stack import make_stack
+
+    stack = make_stack(migrated_dsn, SESSION_IDLE_TIMEOUT="2s")
+    await stack.start()
+    agent = InProcessAgent(stack, "cull-agent")
+    try:
+        await agent.start()
+        sid, _ = await agent.session_on()
+        await stack.wait_state(sid, "hibernated", timeout=20)
+        assert ("hibernate_session", sid) in agent.driver.calls
+        events = await stack.service.getServiceNamed("database").db.query(
+            "SELECT state, message FROM session_events WHERE session_id = %s ORDER BY id",
+            (sid,))
+        assert ("hibernating", "idle: hibernating") in [tuple(e) for e in events]
+    finally:
+        await agent.stop()
+        await stack.stop()
