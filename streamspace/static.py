@@ -123,8 +123,6 @@ class StaticUI(resource.Resource):
             if len(parts) > 2 or (len(parts) == 2 and head != "admin"):
                 return None, None
             return _inside(self.root, [*parts[:-1], parts[-1] + ".html"]), None
-        if parts[-1].endswith(".html"):  # pages have one URL each
-            return None, None
         return _inside(self.root, parts), None
 
     def render(self, request):
