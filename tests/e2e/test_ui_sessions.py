@@ -1,0 +1,238 @@
+"""Sessions in a real browser on the real stack: the dev-mode local agent runs real Xvnc
+sessions, the VNC proxy carries noVNC's bytes. From the catalog to a desktop that shows a
+real frame and takes keystrokes; live progress over the events stream; the viewer's
+reconnect shortcut; hibernate and wake with automatic reconnection; isolation between
+users; the admin agents page counting what runs; delete with confirmation.
+
+Skipped (with the reason) only when something they need is missing from the server or
+the machine: the vnc-token or events endpoints, Xvnc, or a local agent that comes online.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import ADMIN_PASSWORD, login
+
+pytestmark = pytest.mark.slow
+
+PASSWORD = "alice-password-1"
+STATE: dict[str, str] = {}  # the user and the session the tests of this module share
+
+
+@pytest.fixture(scope="module")
+def alice(server):
+    missing = [what for method, path, what in (
+        ("POST", f"/api/v1/sessions/{uuid.uuid4()}/vnc-token",
+         "POST /api/v1/sessions/{id}/vnc-token"),
+        ("GET", f"/api/v1/sessions/{uuid.uuid4()}/events", "GET /api/v1/sessions/{id}/events"),
+    ) if not server.has_route(method, path)]
+    if missing:
+        pytest.skip(f"waits for {', '.join(missing)} on the control plane")
+    if shutil.which("Xvnc") is None:
+        pytest.skip("Xvnc (TigerVNC) is not installed: the local platform cannot run sessions")
+    if not agent_online(server, "local", timeout=30):
+        pytest.skip("the dev-mode local agent did not come online")
+    name = f"alice-{uuid.uuid4().hex[:6]}"
+    server.create_user(name, PASSWORD)
+    STATE["user"] = name
+    return name
+
+
+def agent_online(server, agent_id: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, body = server.admin("GET", f"/api/v1/agents/{agent_id}")
+        if code == 200 and body["status"] == "online":
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def running_session(server, user: str) -> str:
+    """Alice's running session: the one the first test started, or a new one."""
+    token = server.login(user, PASSWORD)
+    sid = STATE.get("session")
+    if sid is None:
+        code, body = server.request("POST", "/api/v1/sessions", {"template": "terminal"},
+                                    token=token)
+        assert code == 201, body
+        sid = STATE["session"] = body["id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        code, body = server.request("GET", f"/api/v1/sessions/{sid}", token=token)
+        assert code == 200, body
+        if body["state"] == "running":
+            return sid
+        if body["state"] == "hibernated":
+            server.request("PATCH", f"/api/v1/sessions/{sid}", {"state": "running"}, token=token)
+        assert body["state"] not in ("failed", "terminated"), body
+        time.sleep(0.25)
+    pytest.fail(f"session {sid} did not get to running")
+
+
+def canvas_stats(viewer) -> dict:
+    """Distinct pixel values of the noVNC canvas, and a digest of its content."""
+    return viewer.evaluate("""() => {
+        const c = document.querySelector('#vnc canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        const seen = new Set();
+        let hash = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            const v = (d[i] << 16) | (d[i + 1] << 8) | d[i + 2];
+            seen.add(v);
+            hash = (hash * 31 + v) | 0;
+        }
+        return {width: c.width, height: c.height, distinct: seen.size, hash};
+    }""")
+
+
+def wait_connected(viewer, timeout: float = 30000) -> None:
+    viewer.wait_for_function(
+        "() => window.streamspaceViewer && window.streamspaceViewer.rfb"
+        " && document.querySelector('#overlay').classList.contains('hidden')", timeout=timeout)
+
+
+def open_viewer(context, page, sid: str):
+    with context.expect_page() as popup:
+        page.click(f"#sessions [data-session-id='{sid}'] [data-action=connect]")
+    viewer = popup.value
+    wait_connected(viewer)
+    return viewer
+
+
+def test_catalog_session_reaches_running_and_the_viewer_shows_the_desktop(
+        context, page, server, alice, shot, tmp_path):
+    streams = []
+    page.on("response", lambda r: "/events" in r.url and streams.append(
+        r.headers.get("content-type", "")))
+    login(page, alice, PASSWORD)
+    page.evaluate("""() => {
+        window.__states = [];
+        new MutationObserver(() => {
+            const card = document.querySelector('#sessions .card');
+            const s = card && card.dataset.state;
+            if (s && window.__states.at(-1) !== s) window.__states.push(s);
+        }).observe(document.querySelector('#sessions'),
+                   {subtree: true, childList: true, attributes: true});
+    }""")
+    page.click("#catalog [data-template='terminal'] button")
+    card = page.wait_for_selector("#sessions .card[data-state=running]", timeout=60000)
+    sid = STATE["session"] = card.get_attribute("data-session-id")
+    states = page.evaluate("window.__states")
+    assert states[-1] == "running" and set(states[:-1]) & {"pending", "scheduled", "starting"}, \
+        states
+    assert any(t.startswith("text/event-stream") for t in streams), streams
+    text = card.inner_text()
+    assert "local" in text  # platform, agent and region of the dev-mode agent
+    shot(page, "home-running")
+
+    viewer = open_viewer(context, page, sid)
+    sockets = []
+    viewer.on("websocket", lambda ws: sockets.append(ws.url))
+    assert viewer.title().endswith(" - StreamSpace") and viewer.title() != "Session - StreamSpace"
+    time.sleep(0.5)  # the first full frame
+    before = canvas_stats(viewer)
+    assert before["width"] >= 640 and before["height"] >= 400, before
+    assert before["distinct"] >= 2, before
+
+    # keys reach the session: the terminal runs what is typed
+    marker = Path("/tmp") / f"streamspace-e2e-{uuid.uuid4().hex}"
+    viewer.click("#vnc canvas")
+    viewer.keyboard.type(f"echo typed-in-the-browser && touch {marker}")
+    viewer.keyboard.press("Enter")
+    deadline = time.monotonic() + 15
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), "the typed command did not run in the session"
+    marker.unlink()
+    time.sleep(0.3)
+    after = canvas_stats(viewer)
+    assert after["hash"] != before["hash"], "the typed text never showed in the frame"
+    assert after["distinct"] >= 8, after  # antialiased text on a real frame
+    shot(viewer, "desktop", full_page=False)
+
+    # Ctrl+Alt+Shift+R: a new connection with a fresh VNC token, no page reload
+    viewer.evaluate("window.__old = window.streamspaceViewer.rfb; window.__page = 1")
+    viewer.keyboard.press("Control+Alt+Shift+KeyR")
+    viewer.wait_for_function("() => window.streamspaceViewer.rfb !== window.__old"
+                             " && document.querySelector('#overlay').classList"
+                             ".contains('hidden')")
+    assert viewer.evaluate("window.__page") == 1
+    login_token = viewer.evaluate("localStorage.getItem('streamspace.token')")
+    assert sockets and all("token=" in u and login_token not in u for u in sockets), sockets
+
+    # clipboard text goes to the session through noVNC
+    viewer.click("#btn-clipboard")
+    viewer.fill("#clipboard-text", "from the browser")
+    viewer.click("#clipboard-send")
+    viewer.wait_for_selector("#toasts :text(\"Sent to the session's clipboard.\")")
+
+
+def test_agents_page_counts_the_running_session(page, server, alice, shot):
+    running_session(server, alice)
+    code, agent = server.admin("GET", "/api/v1/agents/local")
+    assert code == 200 and agent["active_sessions"] >= 1
+    login(page, "admin", ADMIN_PASSWORD)
+    page.goto("/admin/agents")
+    row = page.wait_for_selector("#agents-table tr[data-agent-id=local]")
+    assert "online" in row.inner_text()
+    assert f"{agent['active_sessions']} / " in row.inner_text()
+    assert int(page.text_content("#sum-sessions .value")) >= agent["active_sessions"]
+    page.select_option("#filter-status", "online")
+    page.wait_for_selector("#agents-table tr[data-agent-id=local]")
+    shot(page, "agents")
+
+
+def test_another_user_cannot_see_or_open_the_session(page, server, alice, console, shot):
+    console.allow(r"status of 404")
+    sid = running_session(server, alice)
+    bob = f"bob-{uuid.uuid4().hex[:6]}"
+    server.create_user(bob, "bob-password-1")
+    login(page, bob, "bob-password-1")
+    page.wait_for_selector("#sessions[aria-busy=false]", state="attached")
+    assert page.locator("#sessions .card").count() == 0
+    page.goto(f"/vnc-viewer/{sid}")
+    page.wait_for_selector("#overlay-message:has-text('does not exist, or it is not yours')")
+    assert page.evaluate("window.streamspaceViewer.rfb") is None
+    shot(page, "refused")
+
+
+def test_hibernate_then_wake_from_the_viewer_reconnects(context, page, server, alice, shot):
+    sid = running_session(server, alice)
+    login(page, alice, PASSWORD)
+    page.wait_for_selector(f"#sessions [data-session-id='{sid}'][data-state=running]")
+    viewer = open_viewer(context, page, sid)
+
+    page.click(f"#sessions [data-session-id='{sid}'] [data-action=hibernate]")
+    page.wait_for_selector(f"#sessions [data-session-id='{sid}'][data-state=hibernated]",
+                           timeout=60000)
+    viewer.wait_for_selector("#overlay-message:has-text('hibernated')", timeout=30000)
+    shot(viewer, "hibernated", full_page=False)
+    viewer.click("#overlay-actions button:has-text('Wake session')")
+    wait_connected(viewer, timeout=60000)
+    assert canvas_stats(viewer)["width"] >= 640
+    shot(viewer, "woken", full_page=False)
+
+
+def test_delete_asks_first_then_removes_the_session(page, server, alice, shot):
+    sid = running_session(server, alice)
+    login(page, alice, PASSWORD)
+    card = f"#sessions [data-session-id='{sid}']"
+    page.wait_for_selector(card)
+    page.click(f"{card} [data-action=delete]")
+    page.click("#confirm-cancel")
+    assert page.locator(card).count() == 1
+    page.click(f"{card} [data-action=delete]")
+    shot(page, "confirm")
+    page.click("#confirm-ok")
+    page.wait_for_selector(card, state="detached", timeout=60000)
+    STATE.pop("session", None)
+    token = server.login(alice, PASSWORD)
+    code, body = server.request("GET", f"/api/v1/sessions/{sid}", token=token)
+    assert code == 200 and body["state"] in ("terminating", "terminated"), body
