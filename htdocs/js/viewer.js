@@ -96,8 +96,7 @@ function notRunning(s) {
       showHibernated();
       break;
     case 'hibernating':
-      waitUntilRunning('The session is hibernating.');
-      showHibernated();
+      waitUntilRunning('The session is hibernating…');
       break;
     case 'pending': case 'scheduled': case 'starting': case 'waking':
       waitUntilRunning(`The session is ${s.state}…`);

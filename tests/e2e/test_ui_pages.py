@@ -371,3 +371,27 @@ def wait_agent_online(server, agent_id: str, timeout: float = 30.0) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"agent {agent_id} did not come online")
+
+
+def test_event_stream_parser(page):
+    """sse.js's parser, fed the awkward way a network delivers text/event-stream."""
+    page.goto("/login")
+    events = page.evaluate("""async () => {
+        const { SSEParser } = await import('/js/sse.js');
+        const out = [];
+        const p = new SSEParser((e) => out.push(e));
+        for (const chunk of ['\\ufeff: hello\\n\\nid: 1\\nevent: sta', 'te\\ndata: {"state":',
+                             '"pending"}\\r', '\\n\\r\\ndata: a\\ndata: b\\n\\n',
+                             'data:no-space\\r\\rretry: 5\\n', 'event: x\\n\\n',
+                             'data: unfinished']) {
+            p.feed(chunk);
+        }
+        p.end();
+        return {out, retry: p.retry};
+    }""")
+    assert events["out"] == [
+        {"type": "state", "data": '{"state":"pending"}', "id": "1"},
+        {"type": "message", "data": "a\nb", "id": "1"},
+        {"type": "message", "data": "no-space", "id": "1"},
+    ]
+    assert events["retry"] == 5

@@ -174,6 +174,29 @@ def test_catalog_session_reaches_running_and_the_viewer_shows_the_desktop(
     viewer.wait_for_selector("#toasts :text(\"Sent to the session's clipboard.\")")
 
 
+def test_progress_falls_back_to_polling_when_the_stream_fails(page, server, alice, console):
+    console.allow(r"ERR_FAILED")
+    page.route("**/api/v1/sessions/*/events", lambda route: route.abort())
+    polls = []
+    page.on("request", lambda r: r.method == "GET" and "/api/v1/sessions/" in r.url
+            and "/events" not in r.url and polls.append(r.url))
+    login(page, alice, PASSWORD)
+    page.wait_for_selector("#sessions[aria-busy=false]", state="attached")
+    known = set(page.locator("#sessions .card").evaluate_all(
+        "cards => cards.map(c => c.dataset.sessionId)"))
+    page.click("#catalog [data-template='terminal'] button")
+    sid = page.wait_for_function(
+        "known => [...document.querySelectorAll('#sessions .card')]"
+        ".map(c => c.dataset.sessionId).find(id => !known.includes(id))",
+        arg=sorted(known)).json_value()
+    try:
+        page.wait_for_selector(f"#sessions [data-session-id='{sid}'][data-state=running]",
+                               timeout=60000)
+        assert any(u.endswith(f"/sessions/{sid}") for u in polls), polls
+    finally:
+        server.request("DELETE", f"/api/v1/sessions/{sid}", token=server.login(alice, PASSWORD))
+
+
 def test_agents_page_counts_the_running_session(page, server, alice, shot):
     running_session(server, alice)
     code, agent = server.admin("GET", "/api/v1/agents/local")
