@@ -167,11 +167,36 @@ def test_catalog_session_reaches_running_and_the_viewer_shows_the_desktop(
     login_token = viewer.evaluate("localStorage.getItem('streamspace.token')")
     assert sockets and all("token=" in u and login_token not in u for u in sockets), sockets
 
-    # clipboard text goes to the session through noVNC
+    # Ctrl+Alt+Shift+F toggles fullscreen (and the key never reaches the session)
+    viewer.keyboard.press("Control+Alt+Shift+KeyF")
+    viewer.wait_for_function("() => document.fullscreenElement !== null")
+    viewer.keyboard.press("Control+Alt+Shift+KeyF")
+    viewer.wait_for_function("() => document.fullscreenElement === null")
+
+    # clipboard from the session: selecting the echoed line in xterm sets the X selection,
+    # which Xvnc sends to noVNC, which hands it to the viewer's clipboard panel
+    box = viewer.locator("#vnc canvas").bounding_box()
+    scale = box["height"] / after["height"]
+    viewer.mouse.click(box["x"] + 40 * scale, box["y"] + 26 * scale, click_count=3)
+    viewer.wait_for_function(
+        "() => document.querySelector('#clipboard-text').value.includes('typed-in-the-browser')")
+
+    # clipboard to the session: sent text becomes the X selection; a middle click pastes it
+    # into the shell, which then runs it
+    pasted = Path("/tmp") / f"streamspace-clip-{uuid.uuid4().hex}"
     viewer.click("#btn-clipboard")
-    viewer.fill("#clipboard-text", "from the browser")
+    viewer.fill("#clipboard-text", str(pasted))
     viewer.click("#clipboard-send")
     viewer.wait_for_selector("#toasts :text(\"Sent to the session's clipboard.\")")
+    viewer.evaluate("window.streamspaceViewer.rfb.focus()")
+    viewer.keyboard.type("touch ")
+    viewer.mouse.click(box["x"] + 300 * scale, box["y"] + 300 * scale, button="middle")
+    viewer.keyboard.press("Enter")
+    deadline = time.monotonic() + 15
+    while not pasted.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pasted.exists(), "the text sent to the clipboard did not reach the session"
+    pasted.unlink()
 
 
 def test_progress_falls_back_to_polling_when_the_stream_fails(page, server, alice, console):
