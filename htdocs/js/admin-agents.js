@@ -186,18 +186,27 @@ function render() {
     return {
       attrs: { 'data-agent-id': a.agent_id },
       cells: [
-        h('button', { type: 'button', class: 'small mono', onclick: () => showDetails(a), title: 'Details' }, a.agent_id),
+        h('button', { type: 'button', class: 'small mono', onclick: () => showDetails(a), title: 'Details', 'aria-label': `Details of ${a.agent_id}` }, a.agent_id),
         platformIcon(a.platform), statusBadge(a), a.region || '—', usage(a), timeAgo(a.last_heartbeat),
         h('td', { class: 'actions' }, action('Details', showDetails), action('Rotate token', rotate),
           action('Remove', remove, 'small danger')),
       ],
     };
   });
+  // Auto-refresh redraws the table: keep the keyboard focus on the same button.
+  const active = document.activeElement;
+  const focusRow = active?.closest?.('#agents-table tr')?.dataset.agentId;
+  const focusLabel = active?.getAttribute?.('aria-label');
   const empty = agents.length ? 'No agent matches these filters.'
     : 'No agents yet. Add one, then start it with the command shown.';
   clear($('#content'), table(
     ['Agent', 'Platform', 'Status', 'Region', 'Capacity and usage', 'Last heartbeat', ''], rows,
     { empty, id: 'agents-table' }));
+  if (focusRow && focusLabel) {
+    [...document.querySelectorAll('#agents-table tr')]
+      .find((tr) => tr.dataset.agentId === focusRow)
+      ?.querySelector(`[aria-label="${CSS.escape(focusLabel)}"]`)?.focus();
+  }
   $('#content').setAttribute('aria-busy', 'false');
 }
 

@@ -4,8 +4,8 @@
 import { del, get, patch, post, requireLogin, withQuery } from './api.js';
 import { RESTING, followSession } from './sse.js';
 import {
-  $, busy, clear, confirmAction, h, platformIcon, renderHeader, showError, stateBadge,
-  templateIcon, timeAgo, toast,
+  $, busy, clear, confirmAction, h, platformIcon, refreshTimes, renderHeader, showError,
+  stateBadge, templateIcon, timeAgo, toast,
 } from './ui.js';
 
 const STARTUP = ['pending', 'scheduled', 'starting', 'running'];
@@ -65,10 +65,17 @@ function sessionCard(entry) {
 }
 
 function render(entry) {
+  // Unchanged sessions keep their card (and the keyboard focus inside it).
+  const key = JSON.stringify([entry.session, entry.message]);
+  if (entry.card && entry.card.isConnected && entry.key === key) return;
+  entry.key = key;
   const card = sessionCard(entry);
+  const focused = entry.card?.contains(document.activeElement)
+    ? document.activeElement.dataset.action : null;
   if (entry.card && entry.card.isConnected) entry.card.replaceWith(card);
   else $('#sessions').append(card);
   entry.card = card;
+  if (focused) card.querySelector(`[data-action="${focused}"]`)?.focus();
   renderUsage();
 }
 
@@ -208,7 +215,10 @@ if (requireLogin()) {
   load();
   const refresh = () => {
     if (me && document.visibilityState === 'visible') {
-      loadSessions().then(() => showError($('#sessions-error'), null),
+      loadSessions().then(() => {
+        refreshTimes($('#sessions'));
+        showError($('#sessions-error'), null);
+      },
         (e) => showError($('#sessions-error'), e));
     }
   };

@@ -144,9 +144,14 @@ export function ago(iso) {
   return `${Math.floor(seconds / 86400)} d ago`;
 }
 
+/** Bring every relative time under `root` up to date (without redrawing anything). */
+export function refreshTimes(root = document) {
+  for (const t of root.querySelectorAll('time.ago[datetime]')) t.textContent = ago(t.dateTime);
+}
+
 /** A time element showing "3 min ago" with the exact time on hover. */
 export function timeAgo(iso) {
-  return h('time', { datetime: iso || '', title: formatTime(iso) }, ago(iso));
+  return h('time', { class: 'ago', datetime: iso || '', title: formatTime(iso) }, ago(iso));
 }
 
 // Platform icons as inline SVG line drawings (no icon font, no emoji font needed).
