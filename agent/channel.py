@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from agent.commands import Command
 from agent.platforms.base import PlatformDriver
-from agent.protocol import (
+from streamspace.wire import (
     CLOSE_PROTOCOL_ERROR,
     PROTOCOL_VERSION,
     ProtocolError,

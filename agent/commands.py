@@ -24,8 +24,8 @@ from agent.platforms.base import (
     UserRef,
     VncEndpoint,
 )
-from agent.protocol import COMMAND_TYPES, ProtocolError, parse_iso
 from agent.tunnel import TunnelError, TunnelManager
+from streamspace.wire import COMMAND_TYPES, ProtocolError, parse_iso
 
 log = Logger()
 

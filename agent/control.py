@@ -23,7 +23,7 @@ from zope.interface import implementer
 from agent.backoff import capped_backoff
 from agent.channel import AgentChannel
 from agent.endpoints import ControlPlaneAddress
-from agent.protocol import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_FRAME_BYTES
+from streamspace.wire import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_FRAME_BYTES
 
 log = Logger()
 

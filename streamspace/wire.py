@@ -1,5 +1,8 @@
 """Control-channel frames (docs/protocol.md): encode, decode and validate.
 
+One codec for both ends: the agent (agent/channel.py) and the control plane's hub
+(streamspace/agents/) speak the protocol through this module only.
+
 Everything that knows the JSON shape of a frame lives here, so the channel logic works on
 validated `Frame` objects and a malformed frame is one `ProtocolError` with a reason that
 can go straight into a 4000 close.

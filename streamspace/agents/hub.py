@@ -6,15 +6,13 @@ through the database, so a restarted control plane loses nothing but sockets.
 
 from __future__ import annotations
 
-import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from streamspace.agents import frames
+from streamspace import wire
 from streamspace.auth import agent_tokens
 from streamspace.db import fleet
 from streamspace.db.pool import Database
@@ -22,9 +20,9 @@ from streamspace.db.pool import Database
 log = Logger()
 
 REGISTER_TIMEOUT = 10.0
-CLOSE_PROTOCOL_ERROR = 4000
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_HEARTBEAT_TIMEOUT = 4003
+CLOSE_PROTOCOL_ERROR = wire.CLOSE_PROTOCOL_ERROR
+CLOSE_UNAUTHORIZED = wire.CLOSE_UNAUTHORIZED
+CLOSE_HEARTBEAT_TIMEOUT = wire.CLOSE_HEARTBEAT_TIMEOUT
 
 
 class Refused(Exception):
@@ -127,15 +125,15 @@ class AgentHub:
 
     # -- frames ---------------------------------------------------------------------------
 
-    async def handle(self, link: AgentLink, frame: frames.Frame) -> None:
+    async def handle(self, link: AgentLink, frame: wire.Frame) -> None:
         link.last_seen = self.reactor.seconds()
         if not link.registered:
             if frame.type != "register":
-                raise frames.ProtocolError(f"expected register first, got {frame.type}")
+                raise wire.ProtocolError(f"expected register first, got {frame.type}")
             await self._register(link, frame.payload)
             return
         if frame.type == "register":
-            raise frames.ProtocolError("register sent twice")
+            raise wire.ProtocolError("register sent twice")
         p = frame.payload
         if frame.type == "heartbeat":
             usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
@@ -163,19 +161,20 @@ class AgentHub:
 
     async def _register(self, link: AgentLink, payload: dict) -> None:
         if payload.get("agent_id") != link.agent["agent_id"]:
-            raise frames.ProtocolError("register agent_id does not match the authenticated agent")
-        if payload.get("protocol_version") != frames.PROTOCOL_VERSION:
-            raise frames.ProtocolError(
+            raise wire.ProtocolError("register agent_id does not match the authenticated agent")
+        if payload.get("protocol_version") != wire.PROTOCOL_VERSION:
+            raise wire.ProtocolError(
                 f"unsupported protocol_version {payload.get('protocol_version')!r} "
-                f"(this control plane speaks {frames.PROTOCOL_VERSION})")
+                f"(this control plane speaks {wire.PROTOCOL_VERSION})")
         sessions = payload.get("sessions") or []
         if not isinstance(sessions, list):
-            raise frames.ProtocolError("register sessions must be a list")
+            raise wire.ProtocolError("register sessions must be a list")
         await fleet.mark_online(self.db, link.agent["id"], link.conn_id, payload)
         link.registered = True
-        link.send_frame(frames.encode("registered", {
+        now = self.reactor.seconds()
+        link.send_frame(wire.encode("registered", {
             "agent_id": link.agent["agent_id"], "heartbeat_interval": self.heartbeat_interval,
-            "server_time": frames.now_iso()}))
+            "server_time": wire.iso_utc(now)}, now))
         log.info("agent {agent_id} registered ({platform}, {n} sessions)",
                  agent_id=link.agent["agent_id"], platform=payload.get("platform"),
                  n=len(sessions))
@@ -194,10 +193,10 @@ class AgentHub:
         link = self.links.get(agent_uuid)
         if link is None or not link.registered:
             return False
-        link.send_frame(frames.encode("command", {
+        link.send_frame(wire.encode("command", {
             "command_id": command["id"], "command_type": command["command_type"],
             "session_id": command["session_id"], "data": command["data"],
-            "deadline": command["deadline"]}))
+            "deadline": command["deadline"]}, self.reactor.seconds()))
         await fleet.mark_sent(self.db, command["id"])
         return True
 
@@ -213,10 +212,10 @@ class AgentHub:
         d = defer.Deferred(lambda _: self._ephemeral.pop(command_id, None))
         self._ephemeral[command_id] = d
         d.addTimeout(timeout, self.reactor)
-        deadline = datetime.fromtimestamp(time.time() + timeout, UTC).isoformat()
-        link.send_frame(frames.encode("command", {
+        now = self.reactor.seconds()
+        link.send_frame(wire.encode("command", {
             "command_id": command_id, "command_type": command_type, "session_id": session_id,
-            "data": data, "deadline": deadline}))
+            "data": data, "deadline": wire.iso_utc(now + timeout)}, now))
         return d
 
     def _answer_ephemeral(self, command_id: str, ok: bool, result, reason) -> bool:
@@ -269,7 +268,7 @@ def _uuid(value: Any) -> str:
     try:
         return str(uuid.UUID(str(value)))
     except ValueError:
-        raise frames.ProtocolError(f"not a valid id: {str(value)[:40]!r}") from None
+        raise wire.ProtocolError(f"not a valid id: {str(value)[:40]!r}") from None
 
 
 def new_conn_id() -> str:

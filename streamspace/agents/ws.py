@@ -12,7 +12,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from streamspace.agents import frames
+from streamspace import wire
 from streamspace.agents.hub import CLOSE_PROTOCOL_ERROR, AgentHub, Refused, new_conn_id
 from streamspace.web import error_body
 
@@ -41,8 +41,10 @@ class AgentControlProtocol(WebSocketServerProtocol):
         if self._closing:
             return
         try:
-            frame = frames.decode(payload, isBinary)
-        except frames.ProtocolError as e:
+            if isBinary:
+                raise wire.ProtocolError("binary frame on the control channel")
+            frame = wire.decode(payload, wire.AGENT_TO_SERVER)
+        except wire.ProtocolError as e:
             self._protocol_error(str(e))
             return
         self._queue.addCallback(lambda _: defer.Deferred.fromCoroutine(
@@ -50,7 +52,7 @@ class AgentControlProtocol(WebSocketServerProtocol):
         self._queue.addErrback(self._failed)
 
     def _failed(self, failure) -> None:
-        if failure.check(frames.ProtocolError):
+        if failure.check(wire.ProtocolError):
             self._protocol_error(failure.getErrorMessage())
         else:
             log.failure("agent {agent_id}: error handling a frame", failure,
@@ -89,8 +91,8 @@ class AgentControlFactory(WebSocketServerFactory):
         self.hub = hub
         self.agent = agent
         self.setProtocolOptions(
-            maxFramePayloadSize=frames.MAX_FRAME_BYTES,
-            maxMessagePayloadSize=frames.MAX_FRAME_BYTES,
+            maxFramePayloadSize=wire.MAX_FRAME_BYTES,
+            maxMessagePayloadSize=wire.MAX_FRAME_BYTES,
             autoPingInterval=0, closeHandshakeTimeout=5, openHandshakeTimeout=10,
             perMessageCompressionAccept=lambda offers: None,
         )

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from streamspace import wire
 from streamspace.agents.hub import AgentHub
 from streamspace.db import fleet
 from streamspace.db.pool import Database, fetch_all
@@ -121,12 +122,9 @@ class SessionLifecycle:
                      data: dict) -> dict:
         command_id = await fleet.enqueue(cursor, agent_uuid, session["id"], command_type, data,
                                          self.command_timeout)
-        deadline = self.reactor.seconds() + self.command_timeout
-        from datetime import UTC, datetime
-
         return {"id": command_id, "agent_id": agent_uuid, "command_type": command_type,
                 "session_id": session["id"], "data": data,
-                "deadline": datetime.fromtimestamp(deadline, UTC).isoformat()}
+                "deadline": wire.iso_utc(self.reactor.seconds() + self.command_timeout)}
 
     # -- agent reports --------------------------------------------------------------------
 

@@ -93,7 +93,7 @@ async def registered_client(base, agent_id, token, sessions=None, capacity=None,
     reply = await client.next_of_type("registered")
     assert reply["payload"]["agent_id"] == agent_id
     if keepalive:  # heartbeats like a real agent, so only the silence test goes silent
-        beat = task.LoopingCall(lambda: client.frame("heartbeat", {"usage": {}}))
+        beat = task.LoopingCall(lambda: client.frame("heartbeat", {"usage": {}, "sessions": []}))
         beat.start(0.5, now=False)
         client.closed.addBoth(lambda r: (beat.running and beat.stop(), r)[1])
     return client
@@ -127,7 +127,7 @@ async def test_register_heartbeat_and_duplicate_refused(hub_server):
     client = await registered_client(base, "agent-2", token)
     status, first = await agent_status(db, "agent-2")
     assert status == "online" and first is not None
-    client.frame("heartbeat", {"usage": {"sessions": 0}})
+    client.frame("heartbeat", {"usage": {"sessions": 0}, "sessions": []})
 
     async def beat_recorded():
         return (await agent_status(db, "agent-2"))[1] > first
@@ -170,9 +170,16 @@ async def test_garbage_disconnects_only_that_agent(hub_server, bad):
         return (await agent_status(db, "bad-1"))[0] == "offline"
 
     await poll(bad_offline, what="the misbehaving agent to be marked offline")
-    # the hub still serves the other agent
-    good.frame("heartbeat", {"usage": {}})
-    assert (await agent_status(db, "good-1"))[0] == "online"
+    # the hub still serves the other agent: its next heartbeat is recorded
+    _, before = await agent_status(db, "good-1")
+    good.frame("heartbeat", {"usage": {}, "sessions": []})
+
+    async def recorded():
+        status, beat = await agent_status(db, "good-1")
+        return status == "online" and beat > before
+
+    await poll(recorded, what="the well-behaved agent's heartbeat")
+    assert not good.closed.called
     good.close()
 
 
@@ -266,7 +273,7 @@ async def test_unanswered_command_times_out_and_fails_the_session(hub_server):
     assert rows[0][0] == "timeout"
     # a late completion changes nothing
     client.frame("complete", {"command_id": cmd["payload"]["command_id"], "result": {}})
-    client.frame("heartbeat", {})
+    client.frame("heartbeat", {"usage": {}, "sessions": []})
     assert (await state_of(db, sid))[0] == "failed"
     client.close()
 

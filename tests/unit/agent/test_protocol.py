@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from agent.protocol import (
+from streamspace.wire import (
     AGENT_TO_SERVER,
     MAX_FRAME_BYTES,
     ProtocolError,
