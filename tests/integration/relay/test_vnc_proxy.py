@@ -329,8 +329,12 @@ async def test_tunnel_without_traffic_is_closed_after_vnc_proxy_timeout(migrated
         assert "VNC_PROXY_TIMEOUT" in reason
         await poll(_now(lambda: server.connections[0].closed), what="the agent side to close")
         assert not stack.proxy.links
-        rows = await audit_actions(stack, sid)
-        assert [a for a, _ in rows] == ["vnc.connect", "vnc.disconnect"]
+
+        async def audited():
+            rows = await audit_actions(stack, sid)
+            return rows if [a for a, _ in rows] == ["vnc.connect", "vnc.disconnect"] else None
+
+        rows = await poll(audited, what="the disconnect to be audited")
         assert "VNC_PROXY_TIMEOUT" in rows[1][1]["reason"]
     finally:
         await agent.stop()
