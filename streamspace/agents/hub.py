@@ -56,6 +56,7 @@ class AgentHub:
         self.lifecycle: Any = None  # set by the wiring (SessionLifecycle)
         self._ephemeral: dict[str, defer.Deferred] = {}
         self._writes: set[defer.Deferred] = set()  # offline marks still being written
+        self.accepting = False  # set once start-up reconciled the agents table
         self._sweeper = task.LoopingCall(self.close_silent)
         self._sweeper.clock = reactor
 
@@ -65,6 +66,8 @@ class AgentHub:
         """Check the agent's token before the upgrade; returns its row or raises Refused."""
         if not agent_id:
             raise Refused(400, "bad_request", "agent_id query parameter is required")
+        if not self.accepting:
+            raise Refused(503, "starting", "the control plane is starting; retry shortly")
         token = _bearer(authorization)
         agent = await fleet.agent_for_auth(self.db, agent_id)
         if token is None or agent is None or not agent["token_hash"] or \

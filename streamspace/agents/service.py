@@ -37,6 +37,7 @@ class FleetService(Service):
         async def go():
             # no connection is live in a process that just started, whatever the table says
             await fleet.all_offline(db)
+            self.hub.accepting = True
             if self.running:
                 self.hub.start(self.sweep_interval)
                 self.lifecycle.start(self.sweep_interval)
@@ -50,6 +51,7 @@ class FleetService(Service):
 
     def stopService(self):
         super().stopService()
+        self.hub.accepting = False
         if self.proxy is not None:
             self.proxy.stop()
         return defer.gatherResults([self.lifecycle.stop(), self.hub.stop()])

@@ -58,6 +58,27 @@ def check_against_openapi(method: str, path: str, status: int, body: bytes) -> N
                         f"{errors[0].message} at {list(errors[0].absolute_path)}")
 
 
+def _free_form_text(sent: bytes) -> str:
+    """The request's JSON without any *password* field, as text: a secret found there was
+    put in a free-form field by the caller, so the API may rightly return it."""
+    try:
+        body = json.loads(sent) if sent else None
+    except (ValueError, RecursionError):  # bodies the tests make malformed on purpose
+        return ""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if "password" not in str(k)}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    try:
+        return json.dumps(strip(body), ensure_ascii=False)
+    except RecursionError:
+        return ""
+
+
 @dataclass
 class Response:
     status: int
@@ -103,15 +124,18 @@ class Client:
                                   headers={k: [v] for k, v in hdrs.items()}, pool=self.pool)
         body = await treq.content(resp)
         result = Response(resp.code, resp.headers, body)
-        self.check(method, path, result)
+        self.check(method, path, result, sent=data or b"")
         return result
 
-    def check(self, method: str, path: str, result: Response) -> None:
+    def check(self, method: str, path: str, result: Response, sent: bytes = b"") -> None:
         assert result.status < 500 or result.status == 503 or self.allow_500, \
             f"{method} {path} -> {result.status}: {result.body[:500]!r}"
         if result.body:
             assert result.header("Content-Type") == "application/json", result.headers
+        echoed = _free_form_text(sent)
         for secret in self.secrets:
+            if secret in echoed:
+                continue  # sent in a free-form field (metadata, env...): an echo, not a leak
             assert secret.encode() not in result.body, f"a password leaked from {path}"
         assert b"$argon2" not in result.body and b"password_hash" not in result.body
         assert b"token_hash" not in result.body
