@@ -99,3 +99,68 @@ def _url(dsn: str) -> str:
     return (f"postgresql://{parts['user']}:{parts['password']}@{parts['host']}:{parts['port']}"
             f"/{parts['dbname']}")
 
+
+
+def test_make_run_mode_with_local_agent_and_a_session_stops_everything(state_dir):
+    """`make run`'s configuration: embedded database, local agent, a running session.
+    Ctrl-C (SIGINT) must leave no postgres, agent, Xvnc or application process behind."""
+    import json
+    import signal
+    import urllib.request
+
+    port = free_port()
+    proc = twistd("streamspace", ["--port", str(port), "--interface", "127.0.0.1"],
+                  {"STREAMSPACE_STATE_DIR": str(state_dir), "STREAMSPACE_LOCAL_AGENT": "1",
+                   "ADMIN_PASSWORD": "admin-password-1"})
+    base = f"http://127.0.0.1:{port}"
+
+    def call(method, path, body=None, token=None):
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(base + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body else None)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.load(r)
+
+    try:
+        wait_http(base + "/ready", timeout=60)
+        token = call("POST", "/api/v1/auth/login",
+                     {"username": "admin", "password": "admin-password-1"})["token"]
+        _poll(lambda: _agent_online(call, token), "the local agent to come online")
+        session = call("POST", "/api/v1/sessions", {"template": "terminal"}, token)
+        _poll(lambda: call("GET", f"/api/v1/sessions/{session['id']}", token=token)["state"]
+              == "running", "the session to run on the local agent")
+        children = descendants(proc.pid)
+        cmdlines = " ".join(_cmdline(p) for p in children)
+        assert "agent" in cmdlines and "Xvnc" in cmdlines and "postgres" in cmdlines
+    finally:
+        out = stop(proc, sig=signal.SIGINT)
+    assert proc.returncode in (0, -2, -15), out
+    assert wait_gone(children) == set(), f"left behind: {children}\n{out[-3000:]}"
+
+
+def _agent_online(call, token):
+    try:
+        return call("GET", "/api/v1/agents/local", token=token)["status"] == "online"
+    except Exception:  # not provisioned yet
+        return False
+
+
+def _poll(check, what, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)  # a blocking test polling a subprocess, not reactor code
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

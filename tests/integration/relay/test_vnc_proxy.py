@@ -361,3 +361,22 @@ async def test_idle_sessions_are_hibernated_through_the_queue(migrated_dsn):
     finally:
         await agent.stop()
         await stack.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_several_viewers_on_one_session_each_get_their_own_tunnel(stack, fake_agent):
+    """A shared desktop: every viewer has its own tunnel and TCP connection to the server."""
+    sid, server = await fake_agent.session_on(b"RFB 003.008\n")
+    viewers = [await connect(await stack.vnc_url(sid)) for _ in range(3)]
+    for v in viewers:
+        assert await next_binary(v) == b"RFB 003.008\n"
+    assert len(stack.proxy.links) == 3 and len(server.connections) == 3
+    for i, v in enumerate(viewers):
+        v.send_raw(f"viewer-{i}".encode(), binary=True)
+    await poll(_now(lambda: sorted(bytes(c.received) for c in server.connections)
+                    == [b"viewer-0", b"viewer-1", b"viewer-2"]),
+               what="each viewer's bytes on its own connection")
+    viewers[0].close()
+    await poll(_now(lambda: len(stack.proxy.links) == 2), what="only that tunnel to close")
+    for v in viewers[1:]:
+        v.close()
