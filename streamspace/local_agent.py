@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import deque
 from pathlib import Path
 
 from twisted.application.service import Service
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer, error
 from twisted.logger import Logger
 
 from streamspace.auth import agent_tokens
 from streamspace.db import agents as agent_rows
 from streamspace.db.pool import Database
+from streamspace.processes import SupervisedProcess
 from streamspace.secrets_store import write_private
 
 log = Logger()
@@ -30,25 +30,10 @@ STOP_GRACE = 20.0
 RESTART_DELAY = 2.0
 
 
-class _AgentProcess(protocol.ProcessProtocol):
-    def __init__(self) -> None:
-        self.ended: defer.Deferred = defer.Deferred()
-        self.tail: deque[str] = deque(maxlen=30)
-        self._partial = b""
-
-    def outReceived(self, data: bytes) -> None:
-        self._partial += data
-        *lines, self._partial = self._partial.split(b"\n")
-        for raw in lines:
-            line = raw.decode(errors="replace")
-            self.tail.append(line)
-            sys.stdout.write(f"[agent] {line}\n")
-        sys.stdout.flush()
-
-    errReceived = outReceived
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(reason.value)
+def _agent_output(line: str) -> None:
+    """The agent's log lines go to our stdout, marked, as it has no terminal of its own."""
+    sys.stdout.write(f"[agent] {line}\n")
+    sys.stdout.flush()
 
 
 class LocalAgentService(Service):
@@ -62,7 +47,7 @@ class LocalAgentService(Service):
         self.url = control_plane_url
         self.max_sessions = max_sessions
         self.token_file = self.state_dir / "local-agent.token"
-        self._proc: _AgentProcess | None = None
+        self._proc: SupervisedProcess | None = None
         self._restart = None
 
     def startService(self) -> None:
@@ -106,7 +91,7 @@ class LocalAgentService(Service):
             "MAX_SESSIONS": str(self.max_sessions), "PYTHONUNBUFFERED": "1",
         }
         env.pop("AGENT_TOKEN", None)
-        proc = _AgentProcess()
+        proc = SupervisedProcess(_agent_output)
         self._proc = proc
         self.reactor.spawnProcess(
             proc, twistd, [twistd, "--nodaemon", "--pidfile=",
@@ -114,7 +99,7 @@ class LocalAgentService(Service):
         log.info("local agent started (pid {pid})", pid=proc.transport.pid)
         proc.ended.addCallback(self._ended, proc)
 
-    def _ended(self, reason, proc: _AgentProcess) -> None:
+    def _ended(self, reason, proc: SupervisedProcess) -> None:
         if self._proc is proc:
             self._proc = None
         if self.running:
@@ -138,7 +123,7 @@ class LocalAgentService(Service):
         return proc.ended
 
 
-def _kill(proc: _AgentProcess) -> None:
+def _kill(proc: SupervisedProcess) -> None:
     try:
         proc.transport.signalProcess("KILL")
     except error.ProcessExitedAlready:

@@ -14,6 +14,8 @@ from twisted.logger import Logger
 
 from streamspace import wire
 from streamspace.auth import agent_tokens
+from streamspace.auth.bearer import parse_bearer
+from streamspace.db import agents as agent_rows
 from streamspace.db import fleet
 from streamspace.db.pool import Database
 
@@ -68,8 +70,10 @@ class AgentHub:
             raise Refused(400, "bad_request", "agent_id query parameter is required")
         if not self.accepting:
             raise Refused(503, "starting", "the control plane is starting; retry shortly")
-        token = _bearer(authorization)
-        agent = await fleet.agent_for_auth(self.db, agent_id)
+        token = parse_bearer(authorization)
+        agent = await agent_rows.get_by_agent_id(self.db, agent_id)
+        if agent is not None:
+            agent["id"] = str(agent["id"])
         if token is None or agent is None or not agent["token_hash"] or \
                 not agent_tokens.verify(token, agent["token_hash"]):
             log.warn("agent connection refused: bad credentials for {agent_id}",
@@ -256,15 +260,6 @@ class AgentHub:
                          agent_id=link.agent["agent_id"], s=now - link.last_seen)
                 link.close_with(CLOSE_HEARTBEAT_TIMEOUT,
                                 f"no heartbeat for {self.heartbeat_timeout:.0f}s")
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
 
 
 def _uuid(value: Any) -> str:

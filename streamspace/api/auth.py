@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from streamspace.api.body import is_uuid
 from streamspace.api.errors import forbidden, unauthorized
 from streamspace.auth import tokens
+from streamspace.auth.bearer import parse_bearer
 from streamspace.db import users
 
 
@@ -26,14 +27,7 @@ class Principal:
 
 
 def bearer_token(request) -> str | None:
-    raw = request.getHeader(b"authorization")
-    if not raw:
-        return None
-    header = raw.decode("latin-1")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
+    return parse_bearer(request.getHeader(b"authorization"))
 
 
 def client_addr(request, trusted_proxies=()) -> str:

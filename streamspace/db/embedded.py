@@ -16,14 +16,14 @@ import shutil
 import signal
 import socket
 import stat
-from collections import deque
 from pathlib import Path
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import error
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from streamspace.db.pool import make_dsn
+from streamspace.processes import SupervisedProcess
 
 log = Logger()
 
@@ -78,26 +78,8 @@ def _traversable_by(path: Path, uid: int, gid: int) -> bool:
     return True
 
 
-class _ServerProtocol(protocol.ProcessProtocol):
-    """Keeps the last lines postgres printed (for error messages) and notes its exit."""
-
-    def __init__(self) -> None:
-        self.lines: deque[str] = deque(maxlen=40)
-        self.ended: defer.Deferred = defer.Deferred()
-        self._partial = b""
-
-    def errReceived(self, data: bytes) -> None:
-        self._partial += data
-        *complete, self._partial = self._partial.split(b"\n")
-        for raw in complete:
-            line = raw.decode(errors="replace")
-            self.lines.append(line)
-            log.debug("postgres: {line}", line=line)
-
-    outReceived = errReceived
-
-    def processEnded(self, reason) -> None:
-        self.ended.callback(reason.value)
+def _server_process() -> SupervisedProcess:
+    return SupervisedProcess(lambda line: log.debug("postgres: {line}", line=line))
 
 
 class EmbeddedPostgres:
@@ -108,7 +90,7 @@ class EmbeddedPostgres:
         self.state_dir = Path(state_dir).resolve()
         self.extra_settings = extra_settings or {}
         self.port: int | None = None
-        self._proto: _ServerProtocol | None = None
+        self._proto: SupervisedProcess | None = None
         self._as_root = os.geteuid() == 0
         if self._as_root:
             try:
@@ -170,7 +152,7 @@ class EmbeddedPostgres:
         self.reactor.spawnProcess(proto, argv[0], argv, env=env, path=str(self.base), **kwargs)
 
     async def _run(self, argv: list[str]) -> None:
-        proto = _ServerProtocol()
+        proto = _server_process()
         self._spawn(proto, argv)
         reason = await proto.ended
         if not isinstance(reason, error.ProcessDone):
@@ -232,7 +214,7 @@ class EmbeddedPostgres:
         argv = [str(bindir / "postgres"), "-D", str(self.data_dir)]
         for k, v in settings.items():
             argv += ["-c", f"{k}={v}"]
-        proto = _ServerProtocol()
+        proto = _server_process()
         self._proto = proto
         self._spawn(proto, argv)
         await self._wait_ready(proto)
@@ -240,7 +222,7 @@ class EmbeddedPostgres:
         log.info("embedded PostgreSQL ready on 127.0.0.1:{port}", port=self.port)
         return self.dsn
 
-    async def _wait_ready(self, proto: _ServerProtocol) -> None:
+    async def _wait_ready(self, proto: SupervisedProcess) -> None:
         import psycopg2
 
         deadline = self.reactor.seconds() + START_TIMEOUT

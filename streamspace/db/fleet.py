@@ -22,17 +22,6 @@ def _j(value: Any) -> str:
 
 # -- presence -----------------------------------------------------------------------------
 
-async def agent_for_auth(db: Database, agent_id: str) -> dict | None:
-    rows = await db.query(
-        "SELECT id, agent_id, platform, region, token_hash FROM agents WHERE agent_id = %s",
-        (agent_id,))
-    if not rows:
-        return None
-    r = rows[0]
-    return {"id": str(r[0]), "agent_id": r[1], "platform": r[2], "region": r[3],
-            "token_hash": r[4]}
-
-
 async def mark_online(db: Database, agent_uuid: str, conn_id: str, register: dict) -> None:
     capacity = register.get("capacity") or {}
     metadata = register.get("metadata") or {}

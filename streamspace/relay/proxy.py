@@ -19,6 +19,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from streamspace.auth import agent_tokens, tokens
+from streamspace.auth.bearer import parse_bearer
 from streamspace.db import audit, fleet
 from streamspace.relay.legs import Leg, LegFactory
 from streamspace.relay.link import Link
@@ -221,7 +222,7 @@ class VncProxy:
     def claim(self, tunnel_id: str, authorization: str | None) -> PendingTunnel | None:
         """The pending tunnel for a correct one-time secret (consumed), else None."""
         pending = self.pending.get(tunnel_id)
-        secret = _bearer(authorization)
+        secret = parse_bearer(authorization)
         if pending is None or not agent_tokens.verify(secret, pending.secret_hash):
             return None
         del self.pending[tunnel_id]
@@ -309,13 +310,6 @@ class VncProxy:
 
 class _AgentRefused(Exception):
     pass
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
 
 
 def _origin_ok(request, public_url: str) -> bool:
