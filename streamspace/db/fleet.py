@@ -177,6 +177,16 @@ async def sessions_of_agent(db: Database, agent_uuid: str) -> list[tuple[str, st
     return [(str(r[0]), r[1]) for r in rows]
 
 
+async def unscheduled_sessions(db: Database, older_than: float) -> list[str]:
+    """Sessions still `pending` a while after creation: their scheduling was lost (e.g. the
+    control plane stopped between the API's commit and the scheduler's turn)."""
+    rows = await db.query(
+        "SELECT id FROM sessions WHERE state = 'pending' AND agent_id IS NULL "
+        "AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT 100",
+        (older_than,))
+    return [str(r[0]) for r in rows]
+
+
 async def stuck_sessions(db: Database, timeouts: dict[str, float]) -> list[tuple[str, str]]:
     found = []
     for state, seconds in timeouts.items():

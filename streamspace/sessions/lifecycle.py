@@ -22,6 +22,10 @@ from streamspace.sessions.scheduler import choose_agent
 
 log = Logger()
 
+# A session still `pending` this long after creation missed its scheduling (the control
+# plane stopped between the API's commit and the scheduler); the sweep schedules it.
+RESCHEDULE_AFTER = 5.0
+
 # command type -> (state on success, state on failure, what the user reads on timeout)
 OUTCOMES: dict[str, tuple[str, str, str]] = {
     "start_session": (states.RUNNING, states.FAILED, "the agent did not start the session"),
@@ -283,6 +287,8 @@ class SessionLifecycle:
                     changed.append(cmd["session_id"])
 
         await self.db.transaction(expire)
+        for sid in await fleet.unscheduled_sessions(self.db, RESCHEDULE_AFTER):
+            await self.session_created(sid)  # idempotent: only a `pending` session moves
         for sid, state in await fleet.stuck_sessions(self.db, states.TRANSITIONAL_TIMEOUTS):
             async def fail(cursor, sid=sid, state=state):
                 return await fleet.move_session(

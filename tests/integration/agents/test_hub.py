@@ -381,3 +381,20 @@ async def test_session_stuck_in_a_transitional_state_fails_with_a_reason(hub_ser
     await fleet.lifecycle.sweep()
     state, error = await state_of(db, sid)
     assert state == "failed" and "waking" in error and "longer than" in error
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_whose_scheduling_was_lost_is_scheduled_by_the_sweep(hub_server):
+    """The API committed the session but the control plane stopped before scheduling it:
+    nothing is lost, the sweep picks it up."""
+    base, fleet, db = hub_server
+    _, token = await make_agent(db, "a-sweep")
+    client = await registered_client(base, "a-sweep", token)
+    sid = await make_session(db)
+    await db.execute("UPDATE sessions SET created_at = now() - interval '1 minute' "
+                     "WHERE id = %s", (sid,))
+    await fleet.lifecycle.sweep()
+    assert (await state_of(db, sid))[0] == "scheduled"
+    cmd = await client.next_of_type("command")
+    assert cmd["payload"]["session_id"] == sid
+    client.close()
