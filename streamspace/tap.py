@@ -150,8 +150,8 @@ def makeService(options) -> service.IService:
     fleet.lifecycle.idle_timeout = options["session_idle_timeout"]
     ctx.extras["lifecycle"] = fleet.lifecycle
     ctx.extras["agent_hub"] = fleet.hub
-    proxy = VncProxy(reactor, database.db, fleet.hub, fleet.lifecycle, ctx.jwt_secret,
-                     ctx.public_url, options["vnc_proxy_timeout"])
+    proxy = VncProxy(reactor, database.db, fleet.hub, ctx.jwt_secret, ctx.public_url,
+                     options["vnc_proxy_timeout"])
     fleet.service.proxy = proxy
 
     if options["local_agent"]:

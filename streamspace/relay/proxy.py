@@ -91,12 +91,11 @@ class TunnelLeg(Leg):
 
 
 class VncProxy:
-    def __init__(self, reactor, db, hub, lifecycle, jwt_secret: str, public_url: str,
+    def __init__(self, reactor, db, hub, jwt_secret: str, public_url: str,
                  idle_timeout: float) -> None:
         self.reactor = reactor
         self.db = db
         self.hub = hub
-        self.lifecycle = lifecycle
         self.jwt_secret = jwt_secret
         self.public_url = public_url
         self.idle_timeout = idle_timeout

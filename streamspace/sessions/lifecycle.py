@@ -157,8 +157,6 @@ class SessionLifecycle:
         cmd = await self.db.transaction(work)
         if cmd is not None and cmd["session_id"]:
             self.publish(cmd["session_id"])
-        if cmd is not None:
-            await self._notify_command(command_id, ok, result, reason)
 
     async def _apply_outcome(self, cursor, cmd: dict, ok: bool, result: dict,
                              reason: str | None) -> None:
@@ -311,18 +309,3 @@ class SessionLifecycle:
         if await self.db.transaction(move):
             log.info("session {session_id} idle: hibernating", session_id=session_id)
             await self.state_requested(session_id, states.HIBERNATING)
-
-    # -- one-off command waiters (the VNC proxy waits for vnc_connect) -------------------
-
-    _waiters: dict[str, defer.Deferred] | None = None
-
-    def wait_for_command(self, command_id: str) -> defer.Deferred:
-        if self._waiters is None:
-            self._waiters = {}
-        d = defer.Deferred(lambda _: self._waiters.pop(command_id, None))
-        self._waiters[command_id] = d
-        return d
-
-    async def _notify_command(self, command_id: str, ok: bool, result, reason) -> None:
-        if self._waiters and command_id in self._waiters:
-            self._waiters.pop(command_id).callback((ok, result, reason))
