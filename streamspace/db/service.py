@@ -40,6 +40,9 @@ class DatabaseService(Service):
         self.db = Database(dsn or "", pool_size, reactor)
         self.schema_current = False
         self.hooks: list[StartupHook] = []
+        # Read once: /ready compares against these on every probe, and reading the schema
+        # files there would be disk I/O on the reactor thread per request.
+        self.migrations = migrations.load_migrations()
         self.ready: defer.Deferred = defer.Deferred()
         self._starting: defer.Deferred | None = None
         self._stopping = False
@@ -75,13 +78,13 @@ class DatabaseService(Service):
                 delay = min(delay * 2, CONNECT_RETRY_MAX)
         if self._stopping:
             return
-        state = await migrations.status(self.db)
+        state = await migrations.status(self.db, self.migrations)
         if state.unknown or state.modified:
             raise migrations.MigrationError(state.problem())
         if state.pending:
             if not self.migrate:
                 raise migrations.MigrationError(state.problem())
-            applied = await migrations.migrate(self.db)
+            applied = await migrations.migrate(self.db, self.migrations)
             if applied:
                 log.info("applied migrations {versions}",
                          versions=", ".join(f"{v:04d}" for v in applied))
@@ -96,7 +99,7 @@ class DatabaseService(Service):
         if not self.db.started:
             return False, "database not connected"
         try:
-            state = await migrations.status(self.db)
+            state = await migrations.status(self.db, self.migrations)
         except DatabaseUnavailable as e:
             return False, f"database unreachable: {e}"
         except Exception as e:  # e.g. a half-dropped schema: still an answer, not a 500
