@@ -10,6 +10,7 @@ from twisted.internet import defer
 
 from tests.conftest import run
 from tests.support.http import poll
+from tests.support.polling import until
 from tests.support.stack import make_stack
 
 pytestmark = pytest.mark.slow
@@ -70,20 +71,13 @@ async def test_full_lifecycle_leaves_nothing_behind(stack):
         return code == 404 or body["state"] == "terminated"
 
     await poll(terminated, what="the session to terminate")
-    await poll(_async(lambda: stack.xvnc_count(agent, sid) == 0), what="Xvnc to be gone")
+    await until(lambda: stack.xvnc_count(agent, sid) == 0, timeout=20, what="Xvnc to be gone")
     events = await stack.service.getServiceNamed("database").db.query(
         "SELECT state FROM session_events WHERE session_id = %s ORDER BY id", (sid,))
     seen = [e[0] for e in events]
     for state in ("pending", "scheduled", "starting", "running", "hibernating", "hibernated",
                   "waking", "terminating", "terminated"):
         assert state in seen, seen
-
-
-def _async(check):
-    async def wrapped():
-        return check()
-
-    return wrapped
 
 
 @pytest_twisted.ensureDeferred

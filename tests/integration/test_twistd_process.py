@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.http import wait_http
-from tests.support.processes import descendants, free_port, stop, twistd, wait_gone
+from tests.support.processes import (
+    database_url,
+    descendants,
+    free_port,
+    stop,
+    twistd,
+    wait_gone,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +67,7 @@ def test_invalid_configuration_is_one_message_and_non_zero_exit(state_dir):
 
 def test_external_database_with_pending_migrations_is_refused_unless_migrate(
         empty_dsn, state_dir):
-    env = {"STREAMSPACE_STATE_DIR": str(state_dir), "DATABASE_URL": _url(empty_dsn),
+    env = {"STREAMSPACE_STATE_DIR": str(state_dir), "DATABASE_URL": database_url(empty_dsn),
            "JWT_SECRET": "s" * 40}
     port = free_port()
     proc = twistd("streamspace", ["--port", str(port), "--interface", "127.0.0.1"], env)
@@ -79,7 +86,7 @@ def test_external_database_with_pending_migrations_is_refused_unless_migrate(
 
 
 def test_migrate_only_applies_and_exits(empty_dsn, state_dir):
-    env = {"STREAMSPACE_STATE_DIR": str(state_dir), "DATABASE_URL": _url(empty_dsn),
+    env = {"STREAMSPACE_STATE_DIR": str(state_dir), "DATABASE_URL": database_url(empty_dsn),
            "JWT_SECRET": "s" * 40}
     proc = twistd("streamspace", ["--migrate-only"], env)
     out = _wait_exit(proc)
@@ -90,14 +97,6 @@ def test_migrate_only_applies_and_exits(empty_dsn, state_dir):
 def _wait_exit(proc, timeout=60):
     out, _ = proc.communicate(timeout=timeout)
     return out
-
-
-def _url(dsn: str) -> str:
-    """The fixtures give a libpq key=value DSN; operators use DATABASE_URL: convert."""
-    parts = dict(item.split("=", 1) for item in dsn.split())
-    parts = {k: v.strip("'") for k, v in parts.items()}
-    return (f"postgresql://{parts['user']}:{parts['password']}@{parts['host']}:{parts['port']}"
-            f"/{parts['dbname']}")
 
 
 

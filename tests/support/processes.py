@@ -74,3 +74,10 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.
         proc.kill()
         out, _ = proc.communicate()
     return out or ""
+
+
+def database_url(dsn: str) -> str:
+    """The fixtures hand out libpq key=value DSNs; operators configure DATABASE_URL."""
+    parts = {k: v.strip("'") for k, v in (item.split("=", 1) for item in dsn.split())}
+    return (f"postgresql://{parts['user']}:{parts['password']}@{parts['host']}:{parts['port']}"
+            f"/{parts['dbname']}")

@@ -19,16 +19,10 @@ from twisted.internet import defer
 from streamspace import tap
 from streamspace.config import ServerOptions
 from tests.support.http import poll
-from tests.support.processes import REPO, TWISTD, free_port
+from tests.support.processes import REPO, TWISTD, database_url, free_port
 from tests.support.xvnc_sessions import kill_leftovers, session_pids
 
 ADMIN_PASSWORD = "admin-password-for-tests"
-
-
-def _url(dsn: str) -> str:
-    parts = {k: v.strip("'") for k, v in (item.split("=", 1) for item in dsn.split())}
-    return (f"postgresql://{parts['user']}:{parts['password']}@{parts['host']}:{parts['port']}"
-            f"/{parts['dbname']}")
 
 
 @dataclass
@@ -206,7 +200,7 @@ class Stack:
 def make_stack(dsn: str, **env) -> Stack:
     state_dir = Path(tempfile.mkdtemp(prefix="streamspace-e2e-"))
     os.chmod(state_dir, 0o755)
-    base_env = {"DATABASE_URL": _url(dsn), "JWT_SECRET": "e2e-secret-" + "x" * 40,
+    base_env = {"DATABASE_URL": database_url(dsn), "JWT_SECRET": "e2e-secret-" + "x" * 40,
                 "ADMIN_PASSWORD": ADMIN_PASSWORD, "STREAMSPACE_STATE_DIR": str(state_dir),
                 "COMMAND_TIMEOUT": "20s", "AGENT_HEARTBEAT_TIMEOUT": "6s",
                 **{k: str(v) for k, v in env.items()}}

@@ -16,6 +16,7 @@ from streamspace.auth import agent_tokens
 from streamspace.web import ControlPlaneWeb, make_site
 from tests.conftest import run
 from tests.support.http import poll
+from tests.support.polling import until
 from tests.support.wsclient import connect
 
 
@@ -35,20 +36,13 @@ def hub_server(db):
     fleet = build_fleet(reactor, _DatabaseStub(db), heartbeat_timeout=2.0, command_timeout=2.0,
                         heartbeat_interval=0.5, sweep_interval=0.2)
     fleet.service.startService()
-    run(poll(_accepting(fleet.hub), what="the hub to accept agents"))
+    run(until(lambda: fleet.hub.accepting, what="the hub to accept agents"))
     site = make_site(ControlPlaneWeb(_DatabaseStub(db), websockets=fleet.websockets()))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     base = f"127.0.0.1:{port.getHost().port}"
     yield base, fleet, db
     run(_await(fleet.service.stopService()))
     run(_await(port.stopListening()))
-
-
-def _accepting(hub):
-    async def check():
-        return hub.accepting
-
-    return check
 
 
 async def _await(d):

@@ -16,7 +16,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from streamspace.auth import tokens
 from streamspace.relay.link import BUFFER_BOUND
 from tests.support.http import poll
-from tests.support.polling import settle
+from tests.support.polling import settle, until
 from tests.support.tcp_peers import PatternChecker, pattern
 from tests.support.ws_tcp_bridge import Bridge
 from tests.support.wsclient import connect
@@ -144,20 +144,13 @@ async def test_bytes_flow_both_ways_unchanged(stack, fake_agent):
     payload = b"".join(pattern(i, 50_000) for i in range(0, 300_000, 50_000))
     for i in range(0, len(payload), 50_000):
         client.send_raw(payload[i:i + 50_000], binary=True)
-    await poll(_now(lambda: len(server.connections[0].received) >= len(payload)),
+    await until(lambda: len(server.connections[0].received) >= len(payload), timeout=20,
                what="the VNC server to receive every byte")
     assert bytes(server.connections[0].received) == payload
     client.close()
     await client.wait_closed()
-    await poll(_now(lambda: server.connections[0].closed), what="the tunnel's TCP side to close")
-    await poll(_now(lambda: not stack.proxy.links), what="the link to be freed")
-
-
-def _now(check):
-    async def wrapped():
-        return check()
-
-    return wrapped
+    await until(lambda: server.connections[0].closed, timeout=20, what="the tunnel's TCP side to close")
+    await until(lambda: not stack.proxy.links, timeout=20, what="the link to be freed")
 
 
 @pytest_twisted.ensureDeferred
@@ -168,7 +161,7 @@ async def test_backpressure_bounds_buffers_and_loses_nothing(stack, fake_agent):
     total = 48 * 1024 * 1024
     sid, server = await fake_agent.session_on()
     client = await connect(await stack.vnc_url(sid))
-    await poll(_now(lambda: bool(stack.proxy.links) and bool(server.connections)),
+    await until(lambda: bool(stack.proxy.links) and bool(server.connections), timeout=20,
                what="the tunnel to be linked")
     link = next(iter(stack.proxy.links))
     client.protocol.transport.pauseProducing()  # the viewer stops reading
@@ -202,7 +195,7 @@ async def test_ten_viewers_on_ten_sessions_each_get_their_own_bytes(stack, fake_
         sid, server = await fake_agent.session_on(f"SESSION-{i:02d}|".encode())
         sessions.append((sid, server))
     clients = [await connect(await stack.vnc_url(sid)) for sid, _ in sessions]
-    await poll(_now(lambda: all(s.connections for _, s in sessions)), what="all tunnels up")
+    await until(lambda: all(s.connections for _, s in sessions), timeout=20, what="all tunnels up")
     for i, (_, server) in enumerate(sessions):
         server.connections[0].flood(reactor, size)
         clients[i].send_raw(f"VIEWER-{i:02d}|".encode() * 1000, binary=True)
@@ -223,7 +216,7 @@ async def test_ten_viewers_on_ten_sessions_each_get_their_own_bytes(stack, fake_
                                for i, c in enumerate(clients)])
     for i, (_, server) in enumerate(sessions):
         expected = f"VIEWER-{i:02d}|".encode() * 1000
-        await poll(_now(lambda s=server, e=expected: len(s.connections[0].received) >= len(e)),
+        await until(lambda s=server, e=expected: len(s.connections[0].received) >= len(e), timeout=20,
                    what=f"server {i} to receive its viewer's bytes")
         assert bytes(server.connections[0].received) == expected
     for c in clients:
@@ -250,7 +243,7 @@ async def test_tunnel_leg_that_never_arrives_times_out_cleanly(stack, fake_agent
         tunnels.open = original_open
         stuck.errback(ConnectionError("gave up"))  # the agent recovers and reports failure
     client = await connect(await stack.vnc_url(sid))  # and a reconnect works
-    await poll(_now(lambda: bool(stack.proxy.links)), what="the retry to link")
+    await until(lambda: bool(stack.proxy.links), timeout=20, what="the retry to link")
     client.close()
 
 
@@ -262,7 +255,7 @@ async def test_control_plane_closing_closes_tunnels_and_reconnect_works(stack, f
     await stack.restart()
     code, _ = await client.wait_closed()
     assert code is not None
-    await poll(_now(lambda: server.connections[0].closed), what="the agent to close its side")
+    await until(lambda: server.connections[0].closed, timeout=20, what="the agent to close its side")
     await stack.wait_agent("relay-agent", "online", timeout=20)
     await stack.wait_state(sid, "running")
     client = await connect(await stack.vnc_url(sid))
@@ -281,7 +274,7 @@ async def test_agent_killed_mid_stream_cleans_up(stack):
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait()
     code, reason = await client.wait_closed(timeout=20)
-    await poll(_now(lambda: not stack.proxy.links and not stack.proxy.pending),
+    await until(lambda: not stack.proxy.links and not stack.proxy.pending, timeout=20,
                what="the control plane to free the tunnel")
     # a new agent process takes over; new sessions stream again
     code, body = await stack.request("POST", "/api/v1/agents/relay-kill/token")
@@ -302,7 +295,7 @@ async def test_input_events_update_last_activity(stack, fake_agent):
     # handshake and framebuffer requests only: a viewer watching is not activity
     client.send_raw(b"RFB 003.008\n\x01\x01" + bytes([3, 1, 0, 0, 0, 0, 5, 0, 3, 32]),
                     binary=True)
-    await poll(_now(lambda: len(server.connections[0].received) >= 24), what="handshake bytes")
+    await until(lambda: len(server.connections[0].received) >= 24, timeout=20, what="handshake bytes")
     assert (await stack.session(sid))["last_activity"] == before
     client.send_raw(bytes([4, 1, 0, 0, 0, 0, 0, 0x61]), binary=True)  # KeyEvent "a"
 
@@ -327,7 +320,7 @@ async def test_tunnel_without_traffic_is_closed_after_vnc_proxy_timeout(migrated
         client = await connect(await stack.vnc_url(sid))
         code, reason = await client.wait_closed(timeout=15)
         assert "VNC_PROXY_TIMEOUT" in reason
-        await poll(_now(lambda: server.connections[0].closed), what="the agent side to close")
+        await until(lambda: server.connections[0].closed, timeout=20, what="the agent side to close")
         assert not stack.proxy.links
 
         async def audited():
@@ -373,10 +366,10 @@ async def test_several_viewers_on_one_session_each_get_their_own_tunnel(stack, f
     assert len(stack.proxy.links) == 3 and len(server.connections) == 3
     for i, v in enumerate(viewers):
         v.send_raw(f"viewer-{i}".encode(), binary=True)
-    await poll(_now(lambda: sorted(bytes(c.received) for c in server.connections)
-                    == [b"viewer-0", b"viewer-1", b"viewer-2"]),
-               what="each viewer's bytes on its own connection")
+    await until(lambda: sorted(bytes(c.received) for c in server.connections)
+                == [b"viewer-0", b"viewer-1", b"viewer-2"],
+                timeout=20, what="each viewer's bytes on its own connection")
     viewers[0].close()
-    await poll(_now(lambda: len(stack.proxy.links) == 2), what="only that tunnel to close")
+    await until(lambda: len(stack.proxy.links) == 2, timeout=20, what="only that tunnel to close")
     for v in viewers[1:]:
         v.close()
