@@ -243,6 +243,8 @@ class VncProxy:
 
     def _link_closed(self, link: Link) -> None:
         self.links.discard(link)
+        if not any(other.session_id == link.session_id for other in self.links):
+            self._last_activity_write.pop(link.session_id, None)  # bounded by live sessions
         TUNNELS_ACTIVE.dec()
         duration = self.reactor.seconds() - link.started_at
         TUNNEL_BYTES.labels(direction="to_session").inc(link.bytes_to_session)
