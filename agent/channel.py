@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from agent.commands import Command
 from agent.platforms.base import PlatformDriver
-from streamspace.wire import (
+from streamspace_common.wire import (
     CLOSE_PROTOCOL_ERROR,
     PROTOCOL_VERSION,
     ProtocolError,

@@ -25,7 +25,7 @@ from agent.platforms.base import (
     VncEndpoint,
 )
 from agent.tunnel import TunnelError, TunnelManager
-from streamspace.wire import COMMAND_TYPES, ProtocolError, parse_iso
+from streamspace_common.wire import COMMAND_TYPES, ProtocolError, parse_iso
 
 log = Logger()
 

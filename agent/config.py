@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-from streamspace.settings import (
+from streamspace_common.settings import (
     Setting,
     build_options_class,
     log_level,

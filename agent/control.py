@@ -23,7 +23,7 @@ from zope.interface import implementer
 from agent.backoff import capped_backoff
 from agent.channel import AgentChannel
 from agent.endpoints import ControlPlaneAddress
-from streamspace.wire import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_FRAME_BYTES
+from streamspace_common.wire import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_FRAME_BYTES
 
 log = Logger()
 

@@ -12,9 +12,9 @@ from agent.config import AgentOptions
 from agent.endpoints import ControlPlaneAddress
 from agent.platforms.base import Capacity
 from agent.service import build_agent
-from streamspace import logs
-from streamspace.accel import check_websocket_acceleration
-from streamspace.settings import ConfigError
+from streamspace_common import logs
+from streamspace_common.accel import check_websocket_acceleration
+from streamspace_common.settings import ConfigError
 
 log = Logger()
 

@@ -18,4 +18,4 @@ else
 fi
 echo "  stop with Ctrl-C"
 export STREAMSPACE_LOCAL_AGENT="${STREAMSPACE_LOCAL_AGENT:-1}"
-exec "$VENV/bin/twistd" --nodaemon --pidfile= --logger=streamspace.logs.observer streamspace "$@"
+exec "$VENV/bin/twistd" --nodaemon --pidfile= --logger=streamspace_common.logs.observer streamspace "$@"

@@ -95,7 +95,7 @@ class LocalAgentService(Service):
         self._proc = proc
         self.reactor.spawnProcess(
             proc, twistd, [twistd, "--nodaemon", "--pidfile=",
-                           "--logger=streamspace.logs.observer", "agent"], env=env)
+                           "--logger=streamspace_common.logs.observer", "agent"], env=env)
         log.info("local agent started (pid {pid})", pid=proc.transport.pid)
         proc.ended.addCallback(self._ended, proc)
 

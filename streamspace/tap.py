@@ -11,8 +11,6 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-from streamspace import logs
-from streamspace.accel import check_websocket_acceleration
 from streamspace.bootstrap import initial_admin_hook
 from streamspace.config import ServerOptions, is_dev, public_url, uses_embedded_database
 from streamspace.db.embedded import EmbeddedPostgres
@@ -20,6 +18,8 @@ from streamspace.db.pool import dsn_from_options
 from streamspace.db.service import DatabaseService
 from streamspace.secrets_store import read_or_create
 from streamspace.service_tree import OrderedMultiService
+from streamspace_common import logs
+from streamspace_common.accel import check_websocket_acceleration
 
 log = Logger()
 

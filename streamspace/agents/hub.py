@@ -12,12 +12,12 @@ from typing import Any, Protocol
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from streamspace import wire
 from streamspace.auth import agent_tokens
 from streamspace.auth.bearer import parse_bearer
 from streamspace.db import agents as agent_rows
 from streamspace.db import fleet
 from streamspace.db.pool import Database
+from streamspace_common import wire
 
 log = Logger()
 

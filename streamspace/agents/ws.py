@@ -12,9 +12,9 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from streamspace import wire
 from streamspace.agents.hub import CLOSE_PROTOCOL_ERROR, AgentHub, Refused, new_conn_id
 from streamspace.web import error_body
+from streamspace_common import wire
 
 log = Logger()
 

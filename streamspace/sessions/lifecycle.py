@@ -13,12 +13,12 @@ from collections.abc import Callable
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from streamspace import wire
 from streamspace.agents.hub import AgentHub
 from streamspace.db import fleet
 from streamspace.db.pool import Database, fetch_all
 from streamspace.sessions import states
 from streamspace.sessions.scheduler import choose_agent
+from streamspace_common import wire
 
 log = Logger()
 

@@ -60,7 +60,7 @@ def twistd(plugin: str, args: list[str], env: dict[str, str], **kwargs) -> subpr
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
                 "PYTHONPATH": str(REPO), **env}
     return subprocess.Popen(
-        [TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace.logs.observer", plugin, *args],
+        [TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace_common.logs.observer", plugin, *args],
         env=full_env, cwd=kwargs.pop("cwd", str(REPO)), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, **kwargs)
 

@@ -157,7 +157,7 @@ class Stack:
                "LOG_LEVEL": "debug", **(extra_env or {})}
         out = open(log_path, "ab")  # noqa: SIM115 - the child owns it
         proc = subprocess.Popen([TWISTD, "--nodaemon", "--pidfile=",
-                                 "--logger=streamspace.logs.observer", "agent"],
+                                 "--logger=streamspace_common.logs.observer", "agent"],
                                 env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
         out.close()
         agent = AgentProcess(agent_id, proc, state, log_path)

@@ -4,7 +4,7 @@ import pytest
 
 from agent.config import AgentOptions
 from streamspace.config import ServerOptions, is_dev, uses_embedded_database
-from streamspace.settings import ConfigError, parse_duration
+from streamspace_common.settings import ConfigError, parse_duration
 
 
 def parse(cls, argv, env):

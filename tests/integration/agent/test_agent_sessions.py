@@ -114,7 +114,7 @@ def start_twistd(cp, state: Path, log: Path) -> subprocess.Popen:
     state.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace.logs.observer", "agent"],
+            [TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace_common.logs.observer", "agent"],
             env=agent_env(cp, state), cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
 
 

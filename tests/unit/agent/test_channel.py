@@ -7,7 +7,7 @@ from twisted.internet import task
 
 from agent.channel import REGISTER_TIMEOUT, AgentChannel
 from agent.platforms.base import Capacity, VncEndpoint
-from streamspace.wire import iso_utc
+from streamspace_common.wire import iso_utc
 from tests.support.fake_driver import FakeDriver
 
 

@@ -179,7 +179,7 @@ def test_the_journal_stays_bounded_and_tolerates_a_torn_line(tmp_path):
     ({"command_id": "c", "command_type": "x", "deadline": "soon"}, "ISO 8601"),
 ])
 def test_command_parsing(payload, problem):
-    from streamspace.wire import ProtocolError
+    from streamspace_common.wire import ProtocolError
 
     with pytest.raises(ProtocolError, match=problem):
         Command.from_payload(payload)

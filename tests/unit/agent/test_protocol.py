@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from streamspace.wire import (
+from streamspace_common.wire import (
     AGENT_TO_SERVER,
     MAX_FRAME_BYTES,
     ProtocolError,

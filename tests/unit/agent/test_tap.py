@@ -5,7 +5,7 @@ import pytest
 from agent import tap
 from agent.config import AgentOptions
 from agent.service import AgentService
-from streamspace.settings import ConfigError
+from streamspace_common.settings import ConfigError
 
 
 def options(tmp_path, **env):

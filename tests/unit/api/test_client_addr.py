@@ -7,7 +7,7 @@ from twisted.internet.address import IPv4Address
 
 from streamspace.api.auth import client_addr
 from streamspace.config import ServerOptions, ip_networks
-from streamspace.settings import ConfigError
+from streamspace_common.settings import ConfigError
 
 
 class Req:

@@ -1,7 +1,7 @@
 """Log observers for twistd: LOG_LEVEL filtering on top of twisted.logger.
 
 twistd starts logging after `makeService`, so the plugins record the configured level
-here and `twistd --logger=streamspace.logs.observer` builds the filtered observer.
+here and `twistd --logger=streamspace_common.logs.observer` builds the filtered observer.
 Without `--logger` twistd's default observer logs everything, unfiltered.
 """
 
