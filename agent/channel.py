@@ -68,6 +68,7 @@ class AgentChannel:
         self._heartbeat: task.LoopingCall | None = None
         self._register_timer = None
         driver.set_status_listener(self.session_status)
+        driver.set_progress_listener(self.session_progress)
 
     # -- link events ---------------------------------------------------------------------
 
@@ -188,6 +189,11 @@ class AgentChannel:
         self.emit("session_status", {"session_id": session_id, "state": state,
                                      "reason": reason})
 
+    def session_progress(self, session_id: str, message: str) -> None:
+        """Progress is worth something only now: never buffered for a later connection."""
+        self.emit("session_progress", {"session_id": session_id, "message": message[:500]},
+                  False)
+
     def server_now(self) -> float:
         """The control plane's clock, for command deadlines (corrects clock skew)."""
         return self.clock.seconds() + self.server_offset
@@ -198,8 +204,7 @@ class AgentChannel:
         try:
             payload = {
                 "usage": self.driver.usage().to_json(),
-                "sessions": [{"session_id": s.session_id, "state": s.state}
-                             for s in self.driver.list_sessions()],
+                "sessions": [s.to_json() for s in self.driver.list_sessions()],
             }
         except Exception:
             # a driver bug must not stop the LoopingCall, or the hub would drop us

@@ -4,7 +4,10 @@ Every command id goes through the journal first: a finished one is answered agai
 stored `complete`/`failed` (nothing runs twice), one in progress is only acked again, one
 the journal saw start but a previous agent run never finished is answered `failed` (the
 agent cannot know how far it got; the control plane reconciles from what it reports).
-Commands for one session run one at a time in arrival order, so a stop never races a start.
+Lifecycle commands for one session run one at a time in arrival order, so a stop never
+races a start; tunnel commands (vnc_connect, vnc_disconnect) and list_sessions do not take
+that lock (a burst of viewers must never queue behind, or recurse through, a start).
+A lifecycle command that outlives its deadline is cancelled: the driver cleans up.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from agent.platforms.base import (
     PlatformDriver,
     SessionTemplate,
     UserRef,
-    VncEndpoint,
 )
 from agent.tunnel import TunnelError, TunnelManager
 from streamspace_common.wire import COMMAND_TYPES, ProtocolError, parse_iso
 
 log = Logger()
+
+# Commands that change a session's lifecycle, serialised per session.
+LIFECYCLE = ("start_session", "stop_session", "hibernate_session", "wake_session")
 
 # emit(frame_type, payload, buffer): send to the control plane; `buffer` means keep it for
 # the next connection if there is none now (acks are worthless later, outcomes are not).
@@ -79,7 +84,8 @@ class CommandFailed(Exception):
 class CommandExecutor:
     def __init__(self, driver: PlatformDriver, tunnels: TunnelManager,
                  journal: CommandJournal, emit: Emit,
-                 server_now: Callable[[], float]) -> None:
+                 server_now: Callable[[], float], clock) -> None:
+        self.clock = clock
         self.driver = driver
         self.tunnels = tunnels
         self.journal = journal
@@ -121,17 +127,46 @@ class CommandExecutor:
         self.emit("ack", {"command_id": command.command_id}, False)
 
     async def _execute(self, command: Command) -> dict[str, Any]:
+        if command.command_type not in LIFECYCLE:
+            return await self._run(command, None)
         key = command.target_session or f"command:{command.command_id}"
         lock = self._locks.setdefault(key, defer.DeferredLock())
         await lock.acquire()
         try:
-            if command.deadline is not None and self.server_now() > command.deadline:
-                raise CommandFailed("the command arrived after its deadline; it was not run")
-            return await self._run(command)
+            local_deadline = None
+            if command.deadline is not None:
+                remaining = command.deadline - self.server_now()
+                if remaining <= 0:
+                    raise CommandFailed("the command arrived after its deadline; it was not run")
+                local_deadline = self.clock.seconds() + remaining
+            return await self._run(command, local_deadline)
         finally:
             lock.release()
             if not lock.locked and not lock.waiting:
                 self._locks.pop(key, None)
+
+    async def _before_deadline(self, d: defer.Deferred, deadline: float | None,
+                               what: str) -> Any:
+        """Await a driver call; cancel it (the driver cleans up) at the deadline."""
+        if deadline is None:
+            return await d
+        timed_out = []
+
+        def cancel(_d):
+            timed_out.append(True)
+            _d.cancel()
+
+        timer = self.clock.callLater(max(0.0, deadline - self.clock.seconds()), cancel, d)
+        try:
+            return await d
+        except defer.CancelledError:
+            if timed_out:
+                raise CommandFailed(f"the agent could not {what} before the command's "
+                                    "deadline; what it began was undone") from None
+            raise
+        finally:
+            if timer.active():
+                timer.cancel()
 
     def _done(self, result: Any, command: Command) -> None:
         self._running.pop(command.command_id, None)
@@ -162,14 +197,14 @@ class CommandExecutor:
 
     # -- the commands --------------------------------------------------------------------
 
-    async def _run(self, command: Command) -> dict[str, Any]:
+    async def _run(self, command: Command, deadline: float | None) -> dict[str, Any]:
         kind, data = command.command_type, command.data
         if kind not in COMMAND_TYPES:
             raise CommandFailed(f"this agent does not know the command {kind!r}")
         if kind == "list_sessions":
             return {"sessions": [s.to_json() for s in self.driver.list_sessions()]}
         if kind == "vnc_connect":
-            return await self._vnc_connect(data)
+            return await self._vnc_connect(command.target_session, data)
         if kind == "vnc_disconnect":
             await self.tunnels.close(_required_str(data, "tunnel_id"))
             return {}
@@ -177,29 +212,35 @@ class CommandExecutor:
         if not session_id:
             raise ValueError(f"{kind} needs a session_id")
         if kind == "start_session":
-            endpoint = await self.driver.start_session(
+            await self._before_deadline(self.driver.start_session(
                 session_id, SessionTemplate.from_json(data.get("template")),
-                UserRef.from_json(data.get("user")), str(data.get("name") or ""))
-            return {"vnc": endpoint.to_json()}
+                UserRef.from_json(data.get("user")), str(data.get("name") or ""),
+                deadline), deadline, "start the session")
+            return {}
         if kind == "wake_session":
             user = UserRef.from_json(data["user"]) if data.get("user") else None
-            endpoint = await self.driver.wake_session(
-                session_id, SessionTemplate.from_json(data.get("template")), user)
-            return {"vnc": endpoint.to_json()}
-        if kind == "stop_session":
-            await self.driver.stop_session(session_id)
+            await self._before_deadline(self.driver.wake_session(
+                session_id, SessionTemplate.from_json(data.get("template")), user, deadline),
+                deadline, "wake the session")
             return {}
-        await self.driver.hibernate_session(session_id)
+        if kind == "stop_session":
+            await self._before_deadline(self.driver.stop_session(
+                session_id, deadline, purge=bool(data.get("purge"))), deadline,
+                "stop the session")
+            return {}
+        await self._before_deadline(self.driver.hibernate_session(session_id, deadline),
+                                    deadline, "hibernate the session")
         return {}
 
-    async def _vnc_connect(self, data: Mapping[str, Any]) -> dict[str, Any]:
+    async def _vnc_connect(self, session_id: str | None,
+                           data: Mapping[str, Any]) -> dict[str, Any]:
+        """The command names the session; only the driver knows where its VNC server is."""
+        if not session_id:
+            raise ValueError("vnc_connect needs a session_id")
         tunnel_id = _required_str(data, "tunnel_id")
         secret = _required_str(data, "secret")
-        endpoint = VncEndpoint.from_json(data.get("vnc"))
-        if not self.driver.serves(endpoint):
-            raise CommandFailed(f"no session on this agent serves VNC at "
-                                f"{endpoint.host}:{endpoint.port}")
-        await self.tunnels.open(tunnel_id, secret, endpoint)
+        endpoint = await self.driver.vnc_endpoint(session_id)
+        await self.tunnels.open(tunnel_id, secret, endpoint, session_id)
         return {}
 
 

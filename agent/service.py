@@ -1,10 +1,13 @@
 """The agent's service tree and its shutdown order.
 
 `build_agent` wires driver, journal, executor, tunnels and the control connection (no
-logic); `AgentService.stopService` drains in an order that keeps the control plane told:
-new commands are refused, tunnels are closed, sessions are stopped (the local driver's
-policy: they are the agent's children) and reported as `session_status` failed, running
-commands get a moment to answer, and only then is the control channel closed with 1000.
+logic). `AgentService.startService` awaits the driver's discovery (`driver.start()`) before
+the control connection starts, so the first `register` reports what really runs.
+`stopService` drains in an order that keeps the control plane told: new commands are
+refused, tunnels are closed, the driver shuts down by its own policy (the local driver
+stops its sessions, which are the agent's children, and they are reported as
+`session_status` failed; container platforms leave theirs running), running commands get
+a moment to answer, and only then is the control channel closed with 1000.
 """
 
 from __future__ import annotations
@@ -39,8 +42,25 @@ class AgentService(service.MultiService):
         self.tunnels, self.journal = tunnels, journal
 
     def startService(self) -> None:
-        self.driver.start()
-        super().startService()
+        service.Service.startService(self)
+        self._discovered = defer.maybeDeferred(self.driver.start)
+        self._discovered.addCallback(self._start_children)
+        self._discovered.addErrback(self._discovery_failed)
+
+    def _start_children(self, _=None) -> None:
+        if self.running:
+            for child in self:
+                child.startService()
+            self._children_started = True
+
+    def _discovery_failed(self, failure) -> None:
+        # A driver retries discovery itself; one that gives up leaves nothing to serve.
+        log.failure("the {platform} driver could not start; the agent stops", failure,
+                    platform=self.driver.name)
+        from twisted.internet import reactor as global_reactor
+
+        if self.reactor is global_reactor and global_reactor.running:
+            global_reactor.stop()
 
     def stopService(self) -> defer.Deferred:
         return defer.ensureDeferred(self._drain())
@@ -54,7 +74,7 @@ class AgentService(service.MultiService):
             log.failure("closing tunnels at shutdown")
         stopped: list[str] = []
         try:
-            stopped = await self.driver.stop_all()
+            stopped = await self.driver.shutdown()
         except Exception:
             log.failure("stopping sessions at shutdown")
         for session_id in stopped:
@@ -67,7 +87,11 @@ class AgentService(service.MultiService):
                 await waiting
             except defer.TimeoutError:
                 log.warn("{count} command(s) still running at shutdown", count=len(running))
-        await super().stopService()
+        if getattr(self, "_children_started", False):
+            await super().stopService()
+        else:
+            self._discovered.cancel()
+            service.Service.stopService(self)
         self.journal.close()
         log.info("agent stopped ({count} session(s) stopped)", count=len(stopped))
 
@@ -79,7 +103,8 @@ def build_agent(reactor, *, agent_id: str, address: ControlPlaneAddress, token: 
                            driver=driver, clock=reactor, heartbeat_interval=heartbeat_interval)
     tunnels = TunnelManager(reactor, address)
     journal = CommandJournal(Path(state_dir) / "commands.jsonl")
-    executor = CommandExecutor(driver, tunnels, journal, channel.emit, channel.server_now)
+    executor = CommandExecutor(driver, tunnels, journal, channel.emit, channel.server_now,
+                               reactor)
     channel.command_handler = executor.handle
     agent = AgentService(reactor, driver, channel, executor, tunnels, journal)
     ControlService(reactor, address, token, channel, retry_policy).setServiceParent(agent)

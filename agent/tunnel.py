@@ -22,13 +22,11 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import defer, protocol
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from agent.endpoints import ControlPlaneAddress
-from agent.platforms.base import VncEndpoint
 
 log = Logger()
 
@@ -155,8 +153,9 @@ class Tunnel:
     """One relayed VNC connection; `closed` settles with `stats()` once both legs are down."""
 
     tunnel_id: str
-    endpoint: VncEndpoint
+    endpoint: IStreamClientEndpoint
     clock: Any
+    session_id: str = ""
     vnc: _VncLeg | None = None
     ws: _WsLeg | None = None
     ws_open: bool = False
@@ -297,7 +296,8 @@ class TunnelManager:
         self.max_tunnels = max_tunnels
         self.tunnels: dict[str, Tunnel] = {}
 
-    def open(self, tunnel_id: str, secret: str, endpoint: VncEndpoint) -> defer.Deferred:
+    def open(self, tunnel_id: str, secret: str, endpoint: IStreamClientEndpoint,
+             session_id: str = "") -> defer.Deferred:
         """Fires with the open Tunnel, or fails with a TunnelError saying why."""
         existing = self.tunnels.get(tunnel_id)
         if existing is not None:
@@ -305,7 +305,7 @@ class TunnelManager:
         if len(self.tunnels) >= self.max_tunnels:
             return defer.fail(TunnelError(
                 f"this agent already relays {len(self.tunnels)} tunnels"))
-        tunnel = Tunnel(tunnel_id, endpoint, self.reactor)
+        tunnel = Tunnel(tunnel_id, endpoint, self.reactor, session_id)
         self.tunnels[tunnel_id] = tunnel
         tunnel.closed.wait().addCallback(self._forget, tunnel)
         return defer.ensureDeferred(self._open(tunnel, secret))
@@ -324,21 +324,20 @@ class TunnelManager:
             reason = str(e) if isinstance(e, TunnelError) else f"the tunnel failed: {e}"
             tunnel.close(reason)
             raise TunnelError(reason) from e
-        log.info("tunnel {tunnel_id} open to {host}:{port}", tunnel_id=tunnel.tunnel_id,
-                 host=tunnel.endpoint.host, port=tunnel.endpoint.port)
+        log.info("tunnel {tunnel_id} open for session {session_id}",
+                 tunnel_id=tunnel.tunnel_id, session_id=tunnel.session_id)
         return tunnel
 
     async def _connect_vnc(self, tunnel: Tunnel) -> None:
-        host, port = tunnel.endpoint.host, tunnel.endpoint.port
-        endpoint = HostnameEndpoint(self.reactor, host, port, timeout=self.open_timeout)
         factory = protocol.Factory.forProtocol(lambda: _VncLeg(tunnel))
         factory.noisy = False
-        tunnel._vnc_connecting = endpoint.connect(factory)
+        tunnel._vnc_connecting = tunnel.endpoint.connect(factory)
+        tunnel._vnc_connecting.addTimeout(self.open_timeout, self.reactor)
         try:
             await tunnel._vnc_connecting
         except Exception as e:
             tunnel._vnc_down = True
-            raise TunnelError(f"cannot reach the session's VNC server at {host}:{port}: "
+            raise TunnelError(f"cannot reach the session's VNC server: "
                               f"{_describe(e)}") from e
         finally:
             tunnel._vnc_connecting = None

@@ -34,6 +34,7 @@ AGENT_TO_SERVER: dict[str, tuple[str, ...]] = {
     "complete": ("command_id", "result"),
     "failed": ("command_id", "reason"),
     "session_status": ("session_id", "state", "reason"),
+    "session_progress": ("session_id", "message"),
 }
 SERVER_TO_AGENT: dict[str, tuple[str, ...]] = {
     "registered": ("agent_id", "heartbeat_interval", "server_time"),
@@ -42,7 +43,8 @@ SERVER_TO_AGENT: dict[str, tuple[str, ...]] = {
 
 COMMAND_TYPES = ("start_session", "stop_session", "hibernate_session", "wake_session",
                  "list_sessions", "vnc_connect", "vnc_disconnect")
-SESSION_STATES = ("running", "stopped", "failed")
+# Session states an agent reports (register, heartbeat, session_status).
+SESSION_STATES = ("starting", "running", "hibernated", "stopped", "failed")
 
 
 class ProtocolError(ValueError):

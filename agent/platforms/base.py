@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
+
+from streamspace_common.wire import SESSION_STATES
 
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -28,24 +32,14 @@ class CapacityError(DriverError):
 
 @dataclass(frozen=True)
 class VncEndpoint:
-    """Where the agent reaches a session's VNC server (never exposed beyond the agent)."""
+    """A TCP address of a session's VNC server, as a driver keeps it internally (never
+    sent to the control plane: `vnc_connect` names the session, the driver answers)."""
 
     host: str
     port: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"host": self.host, "port": self.port}
-
-    @classmethod
-    def from_json(cls, data: Any) -> VncEndpoint:
-        if not isinstance(data, Mapping):
-            raise ValueError("vnc must be an object {host, port}")
-        host, port = data.get("host"), data.get("port")
-        if not isinstance(host, str) or not host:
-            raise ValueError("vnc.host must be a non-empty string")
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            raise ValueError("vnc.port must be a port number")
-        return cls(host, port)
+    def client_endpoint(self, reactor, timeout: float = 10.0) -> IStreamClientEndpoint:
+        return HostnameEndpoint(reactor, self.host, self.port, timeout=timeout)
 
 
 @dataclass(frozen=True)
@@ -112,17 +106,28 @@ class SessionTemplate:
         return settings if isinstance(settings, Mapping) else {}
 
 
+# Session states a driver reports (register, heartbeat, list_sessions, session_status).
+STARTING, RUNNING, HIBERNATED, STOPPED, FAILED = SESSION_STATES
+
+
 @dataclass(frozen=True)
 class SessionInfo:
-    """A session the driver runs now (what `register` and `list_sessions` report)."""
+    """A session the driver knows, in the state it really sees it (its cache of the
+    process table, a Kubernetes watch, the Docker events stream).
+
+    `list_sessions` reports sessions that are starting, running or hibernated (kept for a
+    wake); `stopped`/`failed` travel in `session_status` when a session ends by itself.
+    """
 
     session_id: str
     state: str
-    vnc: VncEndpoint | None
+    reason: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        return {"session_id": self.session_id, "state": self.state,
-                "vnc": self.vnc.to_json() if self.vnc else None}
+        data: dict[str, Any] = {"session_id": self.session_id, "state": self.state}
+        if self.reason:
+            data["reason"] = self.reason
+        return data
 
 
 @dataclass(frozen=True)
@@ -171,66 +176,98 @@ def check_capacity(capacity: Capacity, usage: Usage, template: SessionTemplate) 
 
 # (session_id, state, reason): an unsolicited change, e.g. the session's process died.
 StatusListener = Callable[[str, str, str], None]
+# (session_id, message): progress a user may read while a session starts ("pulling image
+# example/app: 40%", "scheduled on node n1"); shown in the session's events.
+ProgressListener = Callable[[str, str], None]
 
 
 class PlatformDriver(ABC):
-    """Runs sessions somewhere. Every method is non-blocking; long work returns a Deferred.
+    """Runs sessions somewhere and answers from what it really sees there.
 
+    The contract every driver keeps (tests/integration/agent/test_driver_contract.py runs
+    against each):
+    - `start()` discovers what already runs before the agent registers (the agent awaits
+      it); it retries by itself until it can answer and only then fires.
+    - start/stop/hibernate/wake take the command's `deadline` (agent clock,
+      `reactor.seconds()`; None = no deadline) and return a cancellable Deferred: the
+      executor cancels one that outlives its deadline, and the driver then cleans up what
+      it began (a start cancelled half-way leaves nothing running).
+    - `vnc_endpoint(session_id)` is the only way to a session's VNC server: the driver
+      returns an `IStreamClientEndpoint` (TCP to a process or a container, a Kubernetes
+      Service, a Unix socket, the API server's port-forward). Nothing else is dialled.
+    - `list_sessions()` and `usage()` answer at once from a cache the driver keeps current.
+    - Progress and unsolicited changes go through `report_progress` / `report_status`.
+    - The shutdown policy is the driver's: `outlives_agent` False means the sessions are
+      the agent's children and `shutdown()` stops them (local); True means they keep
+      running and are found again by the next `start()` (containers, pods).
     Commands for one session are serialised by the executor, so a driver never sees a stop
     racing a start of the same session.
     """
 
     name: str = "abstract"
+    outlives_agent: bool = False
 
     def __init__(self, capacity: Capacity) -> None:
         self.capacity = capacity
         self._listener: StatusListener | None = None
+        self._progress: ProgressListener | None = None
 
     def set_status_listener(self, listener: StatusListener | None) -> None:
         self._listener = listener
+
+    def set_progress_listener(self, listener: ProgressListener | None) -> None:
+        self._progress = listener
 
     def report_status(self, session_id: str, state: str, reason: str) -> None:
         if self._listener is not None:
             self._listener(session_id, state, reason)
 
+    def report_progress(self, session_id: str, message: str) -> None:
+        if self._progress is not None:
+            self._progress(session_id, message)
+
     def start(self) -> Deferred[None] | None:
-        """Called once before the first command (e.g. to reap what a crashed run left)."""
+        """Discover what already runs (and reap what must not); awaited before `register`."""
         return None
 
     @abstractmethod
     def start_session(self, session_id: str, template: SessionTemplate, user: UserRef,
-                      name: str) -> Deferred[VncEndpoint]:
-        """Start a session and fire with its VNC endpoint once it really accepts RFB."""
+                      name: str, deadline: float | None = None) -> Deferred[None]:
+        """Start a session; fires once its VNC server really accepts RFB."""
 
     @abstractmethod
-    def stop_session(self, session_id: str) -> Deferred[None]:
-        """Stop it and free everything; succeeds when the session is already gone."""
+    def stop_session(self, session_id: str, deadline: float | None = None,
+                     purge: bool = False) -> Deferred[None]:
+        """Stop it and free everything but a persistent home (also that with `purge`);
+        succeeds when the session is already gone."""
 
     @abstractmethod
-    def hibernate_session(self, session_id: str) -> Deferred[None]:
+    def hibernate_session(self, session_id: str, deadline: float | None = None
+                          ) -> Deferred[None]:
         """Stop its processes but keep what wake needs (the home)."""
 
     @abstractmethod
-    def wake_session(self, session_id: str, template: SessionTemplate,
-                     user: UserRef | None) -> Deferred[VncEndpoint]:
-        """Start a hibernated session again on its kept state."""
+    def wake_session(self, session_id: str, template: SessionTemplate, user: UserRef | None,
+                     deadline: float | None = None) -> Deferred[None]:
+        """Start a hibernated session again on its kept state; fires once it accepts RFB."""
+
+    @abstractmethod
+    def vnc_endpoint(self, session_id: str) -> Deferred[IStreamClientEndpoint]:
+        """Where the agent connects for a viewer of this running session; fails with a
+        DriverError (a sentence) when the session does not run here."""
 
     @abstractmethod
     def list_sessions(self) -> list[SessionInfo]:
-        """Sessions running now (not hibernated ones, which run nothing)."""
+        """Sessions this driver has now: starting, running, or hibernated."""
 
     @abstractmethod
     def usage(self) -> Usage:
         """What running (and starting) sessions reserve."""
 
     @abstractmethod
-    def stop_all(self) -> Deferred[list[str]]:
-        """Agent shutdown: stop every session, fire with the ids that were stopped."""
+    def shutdown(self) -> Deferred[list[str]]:
+        """Agent shutdown, by the driver's policy: stop the sessions it must stop
+        (`outlives_agent` False) or just let go of them; fires with the ids it stopped."""
 
-    def serves(self, endpoint: VncEndpoint) -> bool:
-        """Whether `endpoint` is the VNC endpoint of one of our sessions.
-
-        `vnc_connect` only opens tunnels to these, so the control channel cannot be used
-        to make the agent connect anywhere else on its network.
-        """
-        return any(s.vnc == endpoint for s in self.list_sessions())
+    def running_ids(self) -> set[str]:
+        return {s.session_id for s in self.list_sessions() if s.state == RUNNING}

@@ -6,10 +6,11 @@ own process group. Stop kills both groups (SIGTERM, SIGKILL after a grace period
 anything of the session that escaped its group, and frees the display. Hibernate does the
 same but keeps the home; wake starts again on it.
 
-Shutdown policy: sessions are children of the agent, so stopping the agent stops them
-(`stop_all`); a restarted agent reports no sessions and the control plane reconciles. An
-agent killed with SIGKILL leaves its sessions running in their own groups: the next start
-reaps every process still marked with this state directory before reporting.
+Shutdown policy (`outlives_agent` False): sessions are children of the agent, so stopping
+the agent stops them (`shutdown`); a restarted agent reports only its hibernated sessions
+and the control plane reconciles. An agent killed with SIGKILL leaves its sessions running
+in their own groups: the next `start()` reaps every process still marked with this state
+directory before the agent registers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from twisted.logger import Logger
 
 from agent.platforms import procgroup, xvnc
 from agent.platforms.base import (
+    HIBERNATED,
+    RUNNING,
+    STARTING,
     Capacity,
     DriverError,
     PlatformDriver,
@@ -77,6 +81,8 @@ class LocalDriver(PlatformDriver):
         self.rfb_timeout, self.stop_grace = rfb_timeout, stop_grace
         self.displays = displays or xvnc.DisplayAllocator()
         self._sessions: dict[str, _Session] = {}
+        self._hibernated: set[str] = set()  # records kept for a wake (cached: no disk reads
+        # on the heartbeat path)
 
     # -- lifecycle of the driver -------------------------------------------------------
 
@@ -91,6 +97,8 @@ class LocalDriver(PlatformDriver):
                     xvnc.remove_display_files(record.display, record.xvnc_pid)
                 record.state = "ended"
                 self.store.save(record)
+            elif record.state == "hibernated":
+                self._hibernated.add(record.session_id)
         if orphans:
             log.warn("reaped {count} process(es) left by a previous agent run",
                      count=len(orphans))
@@ -101,14 +109,28 @@ class LocalDriver(PlatformDriver):
             [defer.ensureDeferred(self._stop(sid)) for sid in ids], consumeErrors=True)
         return ids
 
-    def stop_all(self) -> defer.Deferred[list[str]]:
+    def shutdown(self) -> defer.Deferred[list[str]]:
+        """The agent stops: its sessions are its children and stop with it."""
         return defer.ensureDeferred(self._stop_all())
 
     # -- queries -------------------------------------------------------------------------
 
     def list_sessions(self) -> list[SessionInfo]:
-        return [SessionInfo(s.session_id, "running", s.endpoint)
-                for s in self._sessions.values() if s.state == "running"]
+        live = [SessionInfo(s.session_id, RUNNING if s.state == "running" else STARTING)
+                for s in self._sessions.values() if s.state in ("starting", "running")]
+        return live + [SessionInfo(sid, HIBERNATED) for sid in sorted(self._hibernated)
+                       if sid not in self._sessions]
+
+    def vnc_address(self, session_id: str) -> VncEndpoint | None:
+        """The TCP address of a running session's VNC server (for logs and tests)."""
+        sess = self._sessions.get(session_id)
+        return sess.endpoint if sess is not None and sess.state == "running" else None
+
+    def vnc_endpoint(self, session_id: str) -> defer.Deferred:
+        sess = self._sessions.get(session_id)
+        if sess is None or sess.state != "running" or sess.endpoint is None:
+            return defer.fail(DriverError("the session is not running on this agent"))
+        return defer.succeed(sess.endpoint.client_endpoint(self.reactor))
 
     def usage(self) -> Usage:
         active = list(self._sessions.values())
@@ -117,22 +139,28 @@ class LocalDriver(PlatformDriver):
 
     # -- commands ------------------------------------------------------------------------
 
+    # Deadlines are enforced by the executor, which cancels the Deferred: `_start` then
+    # tears down what it began (its `except BaseException` branch).
+
     def start_session(self, session_id: str, template: SessionTemplate, user: UserRef,
-                      name: str) -> defer.Deferred[VncEndpoint]:
+                      name: str, deadline: float | None = None) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._start(session_id, template, user, name, False))
 
     def wake_session(self, session_id: str, template: SessionTemplate,
-                     user: UserRef | None) -> defer.Deferred[VncEndpoint]:
+                     user: UserRef | None, deadline: float | None = None
+                     ) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._wake(session_id, template, user))
 
-    def stop_session(self, session_id: str) -> defer.Deferred[None]:
-        return defer.ensureDeferred(self._stop(session_id))
+    def stop_session(self, session_id: str, deadline: float | None = None,
+                     purge: bool = False) -> defer.Deferred[None]:
+        return defer.ensureDeferred(self._stop(session_id, purge))
 
-    def hibernate_session(self, session_id: str) -> defer.Deferred[None]:
+    def hibernate_session(self, session_id: str, deadline: float | None = None
+                          ) -> defer.Deferred[None]:
         return defer.ensureDeferred(self._hibernate(session_id))
 
     async def _wake(self, session_id: str, template: SessionTemplate,
-                    user: UserRef | None) -> VncEndpoint:
+                    user: UserRef | None) -> None:
         check_session_id(session_id)
         record = self.store.load(session_id)
         if user is None and record is not None:
@@ -143,10 +171,10 @@ class LocalDriver(PlatformDriver):
                                   "and the command names no user to find its home")
             user = UserRef("unknown", "")
         name = record.name if record is not None else ""
-        return await self._start(session_id, template, user, name, True)
+        await self._start(session_id, template, user, name, True)
 
     async def _start(self, session_id: str, template: SessionTemplate, user: UserRef,
-                     name: str, waking: bool) -> VncEndpoint:
+                     name: str, waking: bool) -> None:
         check_session_id(session_id)
         current = self._sessions.get(session_id)
         if current is not None:
@@ -155,7 +183,7 @@ class LocalDriver(PlatformDriver):
             if current.state == "starting":
                 await _settled(current.started)
             if current.state == "running" and current.endpoint:
-                return current.endpoint
+                return
             raise DriverError("the session could not be started")
         command = template.platform("local").get("command")
         if not isinstance(command, str) or not command.strip():
@@ -170,14 +198,16 @@ class LocalDriver(PlatformDriver):
                                state="starting")
         sess = _Session(record=record, template=template)
         self._sessions[session_id] = sess
+        self._hibernated.discard(session_id)
         try:
             self.store.prepare(record)
-            endpoint = await self._launch(sess, command)
+            await self._launch(sess, command)
         except BaseException as e:
             await self._teardown(sess)
             if waking:
                 record.state = "hibernated"
                 self.store.save(record)
+                self._hibernated.add(session_id)
             else:
                 await self.store.forget(session_id, keep_home=template.persistent_home)
             sess.started.callback(None)
@@ -187,7 +217,6 @@ class LocalDriver(PlatformDriver):
         sess.started.callback(None)
         log.info("session {session_id} running on display :{display}, VNC port {port}",
                  session_id=session_id, display=sess.display, port=sess.port)
-        return endpoint
 
     async def _launch(self, sess: _Session, command: str) -> VncEndpoint:
         local = sess.template.platform("local")
@@ -240,7 +269,7 @@ class LocalDriver(PlatformDriver):
         assert sess.endpoint is not None
         return sess.endpoint
 
-    async def _stop(self, session_id: str) -> None:
+    async def _stop(self, session_id: str, purge: bool = False) -> None:
         check_session_id(session_id)
         sess = self._sessions.get(session_id)
         keep_home = False
@@ -250,7 +279,8 @@ class LocalDriver(PlatformDriver):
         else:
             record = self.store.load(session_id)
             keep_home = bool(record and record.persistent_home)
-        await self.store.forget(session_id, keep_home=keep_home)
+        self._hibernated.discard(session_id)
+        await self.store.forget(session_id, keep_home=keep_home and not purge)
         log.info("session {session_id} stopped", session_id=session_id)
 
     async def _hibernate(self, session_id: str) -> None:
@@ -261,11 +291,13 @@ class LocalDriver(PlatformDriver):
             if record is not None and record.state in ("hibernated", "ended"):
                 record.state = "hibernated"
                 self.store.save(record)
+                self._hibernated.add(session_id)
                 return
             raise DriverError("the session is not running on this agent")
         await self._halt(sess)
         sess.record.state = "hibernated"
         self.store.save(sess.record)
+        self._hibernated.add(session_id)
         log.info("session {session_id} hibernated", session_id=session_id)
 
     async def _halt(self, sess: _Session) -> None:

@@ -161,6 +161,9 @@ class AgentHub:
             if not self._answer_ephemeral(command_id, False, None, reason):
                 await self.lifecycle.command_finished(
                     link.agent["id"], command_id, False, None, reason)
+        elif frame.type == "session_progress":
+            await self.lifecycle.session_progress(
+                link.agent["id"], _uuid(p["session_id"]), str(p["message"])[:500])
         elif frame.type == "session_status":
             await self.lifecycle.session_status(
                 link.agent["id"], _uuid(p["session_id"]), str(p["state"]),

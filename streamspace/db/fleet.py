@@ -111,6 +111,17 @@ async def move_session(cursor, session_id: str, target: str, *, message: str = "
     return True
 
 
+async def add_progress_event(db: Database, session_id: str, agent_uuid: str,
+                             message: str) -> bool:
+    """A progress event in the session's current state, if the session is on that agent
+    and still alive; False otherwise (nothing written)."""
+    rows = await db.query(
+        "INSERT INTO session_events (session_id, state, message) "
+        "SELECT id, state, %s FROM sessions WHERE id = %s AND agent_id = %s "
+        "AND state <> 'terminated' RETURNING id", (message, session_id, agent_uuid))
+    return bool(rows)
+
+
 async def session_for_command(cursor, session_id: str) -> dict | None:
     row = await fetch_one(
         cursor,

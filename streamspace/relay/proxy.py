@@ -143,8 +143,8 @@ class VncProxy:
             return None, (CLOSE_DENIED, "no such session")
         if target["state"] != states.RUNNING:
             return None, (CLOSE_NOT_RUNNING, f"the session is {target['state']}, not running")
-        if not target["agent_id"] or not target["vnc"]:
-            return None, (CLOSE_UNAVAILABLE, "the session has no VNC endpoint")
+        if not target["agent_id"]:
+            return None, (CLOSE_UNAVAILABLE, "the session is on no agent")
         target.update(session_id=session_id, viewer_id=claims.sub,
                       client_addr=getattr(request.getClientAddress(), "host", ""))
         return target, None
@@ -166,8 +166,7 @@ class VncProxy:
         browser.pending = pending
         reply = self.hub.send_ephemeral(target["agent_id"], "vnc_connect",
                                         target["session_id"], {
-                                            "tunnel_id": tunnel_id, "secret": secret,
-                                            "vnc": target["vnc"]})
+                                            "tunnel_id": tunnel_id, "secret": secret})
         reply.addCallback(lambda r: self._agent_replied(pending, r))
         reply.addErrback(lambda f: None)
         pending.arrived.addTimeout(TUNNEL_ARRIVAL_TIMEOUT, self.reactor)

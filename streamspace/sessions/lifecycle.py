@@ -166,7 +166,6 @@ class SessionLifecycle:
         success_state, failure_state, _ = outcome
         sid = cmd["session_id"]
         if ok:
-            metadata = {"vnc": result["vnc"]} if isinstance(result.get("vnc"), dict) else None
             if success_state == states.RUNNING:
                 if cmd["command_type"] == "start_session":
                     # a completion may overtake its ack; pass through `starting` (a no-op
@@ -175,7 +174,7 @@ class SessionLifecycle:
                                              message="the agent is starting the session")
                 # from `unreachable` too: the agent came back and finished the job
                 await fleet.move_session(cursor, sid, states.RUNNING,
-                                         message="the session is running", metadata=metadata)
+                                         message="the session is running")
             else:
                 await fleet.move_session(cursor, sid, success_state,
                                          message=f"the session is {success_state}")
@@ -206,6 +205,11 @@ class SessionLifecycle:
         if await self.db.transaction(work):
             self.publish(session_id)
 
+    async def session_progress(self, agent_uuid: str, session_id: str, message: str) -> None:
+        """Progress from the driver (pulling an image, scheduled...): an event, no move."""
+        if await fleet.add_progress_event(self.db, session_id, agent_uuid, message):
+            self.publish(session_id)
+
     async def agent_registered(self, agent_uuid: str, reported: list) -> None:
         """Reconcile what the agent says it runs with what the database believes."""
         running = {}
@@ -227,10 +231,8 @@ class SessionLifecycle:
                 known.add(sid)
                 if sid in running:
                     if state == states.UNREACHABLE and not busy:
-                        vnc = running[sid].get("vnc")
                         await fleet.move_session(
-                            cursor, sid, states.RUNNING, message="the agent reconnected",
-                            metadata={"vnc": vnc} if isinstance(vnc, dict) else None)
+                            cursor, sid, states.RUNNING, message="the agent reconnected")
                         changed.append(sid)
                     elif state in (states.TERMINATED, states.FAILED, states.HIBERNATED):
                         await self._queue(cursor, agent_uuid, {"id": sid}, "stop_session", {})

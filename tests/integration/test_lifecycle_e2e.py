@@ -2,7 +2,6 @@
 (real Xvnc and xterm), a real PostgreSQL. Each test states the failure it proves handled."""
 
 import signal
-import socket
 
 import pytest
 import pytest_twisted
@@ -26,20 +25,6 @@ def stack(migrated_dsn):
     assert not leaked, f"session processes left behind: {leaked}"
 
 
-def rfb_banner(host: str, port: int) -> bytes:
-    with socket.create_connection((host, port), timeout=5) as sock:
-        return sock.recv(12)
-
-
-def vnc_endpoint(stack, session_id):
-    async def read():
-        rows = await stack.service.getServiceNamed("database").db.query(
-            "SELECT platform_metadata -> 'vnc' FROM sessions WHERE id = %s", (session_id,))
-        return rows[0][0]
-
-    return read()
-
-
 @pytest_twisted.ensureDeferred
 async def test_full_lifecycle_leaves_nothing_behind(stack):
     agent = await stack.start_agent("e2e-life")
@@ -48,8 +33,7 @@ async def test_full_lifecycle_leaves_nothing_behind(stack):
     running = await stack.wait_state(sid, "running", "failed")
     assert running["state"] == "running", running
     assert running["agent_id"] == "e2e-life" and running["platform"] == "local"
-    vnc = await vnc_endpoint(stack, sid)
-    assert rfb_banner(vnc["host"], vnc["port"]).startswith(b"RFB 003.")
+    assert (await stack.vnc_banner(sid)).startswith(b"RFB 003.")
     assert stack.xvnc_count(agent, sid) == 1
 
     code, body = await stack.request("PATCH", f"/api/v1/sessions/{sid}", {"state": "hibernated"})
@@ -60,8 +44,7 @@ async def test_full_lifecycle_leaves_nothing_behind(stack):
     code, body = await stack.request("PATCH", f"/api/v1/sessions/{sid}", {"state": "running"})
     assert code in (200, 202), body
     await stack.wait_state(sid, "running")
-    vnc = await vnc_endpoint(stack, sid)
-    assert rfb_banner(vnc["host"], vnc["port"]).startswith(b"RFB 003.")
+    assert (await stack.vnc_banner(sid)).startswith(b"RFB 003.")
 
     code, body = await stack.request("DELETE", f"/api/v1/sessions/{sid}")
     assert code in (202, 204), body

@@ -1,14 +1,17 @@
 """A platform driver that runs nothing, for testing the agent's channel and executor.
 
-Each call is recorded; `start_session` fires with a configurable endpoint (e.g. a test TCP
-server standing in for a VNC server) or stays pending until the test releases it.
+Each call is recorded; a started session's VNC endpoint is a configurable TCP address (e.g.
+a test server standing in for a VNC server); starts can be held until the test releases
+them. It keeps the driver contract (agent/platforms/base.py) as far as it goes.
 """
 
 from __future__ import annotations
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
 from agent.platforms.base import (
+    HIBERNATED,
+    RUNNING,
     Capacity,
     DriverError,
     PlatformDriver,
@@ -30,57 +33,74 @@ class FakeDriver(PlatformDriver):
         self.endpoint = endpoint or VncEndpoint("127.0.0.1", 5999)
         self.calls: list[tuple[str, str]] = []
         self.sessions: dict[str, SessionInfo] = {}
+        self.endpoints: dict[str, VncEndpoint] = {}
         self.templates: dict[str, SessionTemplate] = {}
+        self.deadlines: dict[str, float | None] = {}
         self.hold: defer.Deferred | None = None  # set to make starts wait for it
         self.fail_with: str | None = None
 
     def add_running(self, session_id: str, endpoint: VncEndpoint | None = None) -> None:
-        self.sessions[session_id] = SessionInfo(session_id, "running", endpoint or self.endpoint)
+        self.sessions[session_id] = SessionInfo(session_id, RUNNING)
+        self.endpoints[session_id] = endpoint or self.endpoint
 
-    async def _start(self, session_id: str, template: SessionTemplate) -> VncEndpoint:
+    async def _start(self, session_id: str, template: SessionTemplate) -> None:
         if self.fail_with:
             raise DriverError(self.fail_with)
-        if session_id in self.sessions:
-            return self.sessions[session_id].vnc
+        if self.sessions.get(session_id, SessionInfo("", "")).state == RUNNING:
+            return
         check_capacity(self.capacity, self.usage(), template)
         self.templates[session_id] = template
         if self.hold is not None:
             await self.hold
         self.add_running(session_id)
-        return self.endpoint
 
     def start_session(self, session_id: str, template: SessionTemplate, user: UserRef,
-                      name: str) -> defer.Deferred[VncEndpoint]:
+                      name: str, deadline: float | None = None) -> defer.Deferred[None]:
         self.calls.append(("start_session", session_id))
+        self.deadlines[session_id] = deadline
         return defer.ensureDeferred(self._start(session_id, template))
 
     def wake_session(self, session_id: str, template: SessionTemplate,
-                     user: UserRef | None) -> defer.Deferred[VncEndpoint]:
+                     user: UserRef | None, deadline: float | None = None
+                     ) -> defer.Deferred[None]:
         self.calls.append(("wake_session", session_id))
+        self.deadlines[session_id] = deadline
         return defer.ensureDeferred(self._start(session_id, template))
 
-    def stop_session(self, session_id: str) -> defer.Deferred[None]:
+    def stop_session(self, session_id: str, deadline: float | None = None,
+                     purge: bool = False) -> defer.Deferred[None]:
         self.calls.append(("stop_session", session_id))
         self.sessions.pop(session_id, None)
+        self.endpoints.pop(session_id, None)
         self.templates.pop(session_id, None)
         return defer.succeed(None)
 
-    def hibernate_session(self, session_id: str) -> defer.Deferred[None]:
+    def hibernate_session(self, session_id: str, deadline: float | None = None
+                          ) -> defer.Deferred[None]:
         self.calls.append(("hibernate_session", session_id))
-        if session_id not in self.sessions:
+        if self.sessions.get(session_id, SessionInfo("", "")).state != RUNNING:
             return defer.fail(DriverError("the session is not running on this agent"))
-        self.sessions.pop(session_id)
+        self.sessions[session_id] = SessionInfo(session_id, HIBERNATED)
+        self.endpoints.pop(session_id, None)
         return defer.succeed(None)
+
+    def vnc_endpoint(self, session_id: str) -> defer.Deferred:
+        endpoint = self.endpoints.get(session_id)
+        if endpoint is None:
+            return defer.fail(DriverError("the session is not running on this agent"))
+        return defer.succeed(endpoint.client_endpoint(reactor))
 
     def list_sessions(self) -> list[SessionInfo]:
         return list(self.sessions.values())
 
     def usage(self) -> Usage:
-        tpl = list(self.templates.values())
-        return Usage(len(self.sessions), sum(t.cpu for t in tpl),
+        running = [sid for sid, s in self.sessions.items() if s.state == RUNNING]
+        tpl = [self.templates[sid] for sid in running if sid in self.templates]
+        return Usage(len(running), sum(t.cpu for t in tpl),
                      sum(t.memory_mb for t in tpl) / 1024)
 
-    def stop_all(self) -> defer.Deferred[list[str]]:
-        ids = list(self.sessions)
+    def shutdown(self) -> defer.Deferred[list[str]]:
+        ids = [sid for sid, s in self.sessions.items() if s.state == RUNNING]
         self.sessions.clear()
+        self.endpoints.clear()
         return defer.succeed(ids)

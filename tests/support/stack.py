@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import treq
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 
 from streamspace import tap
 from streamspace.config import ServerOptions
@@ -134,6 +134,22 @@ class Stack:
                                         token=token)
         assert code == 200, body
         return self.ws_base + body["url"]
+
+    async def vnc_banner(self, session_id: str, token: str | None = None) -> bytes:
+        """The session's RFB banner, read through the product's VNC path (proxy, tunnel,
+        agent, driver endpoint) with a real WebSocket client."""
+        from tests.support.wsclient import connect
+
+        client = await connect(await self.vnc_url(session_id, token))
+        try:
+            banner = b""
+            while len(banner) < 12:
+                payload, binary = await client.messages.get().addTimeout(10, reactor)
+                assert binary
+                banner += payload
+            return banner[:12]
+        finally:
+            client.close()
 
     # -- agents ---------------------------------------------------------------------------
 

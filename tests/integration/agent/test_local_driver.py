@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 
 from agent.platforms.base import (
     Capacity,
@@ -19,7 +19,6 @@ from agent.platforms.base import (
     DriverError,
     SessionTemplate,
     UserRef,
-    VncEndpoint,
 )
 from agent.platforms.local import LocalDriver
 from agent.platforms.xvnc import read_rfb_banner
@@ -65,7 +64,7 @@ def local(tmp_path):
 
     yield SimpleNamespace(make=make, state=state, statuses=statuses)
     for driver in drivers:
-        block(driver.stop_all())
+        block(driver.shutdown())
     leaked = kill_leftovers(state)
     assert not leaked, f"session processes left behind: {leaked}"
 
@@ -83,6 +82,25 @@ def released(display: int, xvnc_pid: int) -> bool:
     except (OSError, ValueError):
         return True
     return owner != xvnc_pid
+
+
+async def _banner_through(endpoint) -> bytes:
+    """Read the RFB banner through an IStreamClientEndpoint (what the tunnel dials)."""
+    from twisted.internet import protocol
+
+    got = defer.Deferred()
+
+    class Banner(protocol.Protocol):
+        def dataReceived(self, data):
+            if not got.called:
+                got.callback(data[:12])
+            self.transport.loseConnection()
+
+    await endpoint.connect(protocol.Factory.forProtocol(Banner))
+    got.addTimeout(5, reactor)
+    banner = await got
+    assert banner.startswith(b"RFB 003.")
+    return banner
 
 
 async def screenshot_until_drawn(port: int, path: Path, minimum: int = 30) -> int:
@@ -103,13 +121,17 @@ async def screenshot_until_drawn(port: int, path: Path, minimum: int = 30) -> in
 @pytest_twisted.ensureDeferred
 async def test_session_runs_is_seen_by_a_vnc_client_and_stops_clean(local, tmp_path):
     driver = local.make()
-    endpoint = await driver.start_session("s1", template(), ALICE, "my terminal")
+    await driver.start_session("s1", template(), ALICE, "my terminal")
+    endpoint = driver.vnc_address("s1")
     assert endpoint.host == "127.0.0.1"
     assert (await read_rfb_banner(reactor, endpoint.host, endpoint.port)).startswith(b"RFB 003.")
     [info] = driver.list_sessions()
-    assert (info.session_id, info.state, info.vnc) == ("s1", "running", endpoint)
+    assert (info.session_id, info.state) == ("s1", "running")
     assert driver.usage().sessions == 1 and driver.usage().cpu == 0.5
-    assert driver.serves(endpoint) and not driver.serves(VncEndpoint("127.0.0.1", 1))
+    # the driver's endpoint reaches this session's VNC server; unknown sessions have none
+    assert await _banner_through(await driver.vnc_endpoint("s1"))
+    with pytest.raises(DriverError, match="not running"):
+        await driver.vnc_endpoint("s-unknown")
     # a real VNC client completes the handshake and sees the terminal, not a blank frame
     colours = await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png")
     assert colours >= 30
@@ -151,11 +173,13 @@ async def test_hibernate_and_wake_keep_the_persistent_home(local):
     await driver.hibernate_session("s1")
     assert session_pids(local.state) == []
     assert released(record.display, record.xvnc_pid)
-    assert driver.list_sessions() == []
+    assert [(i.session_id, i.state) for i in driver.list_sessions()] == [("s1", "hibernated")]
+    assert driver.usage().sessions == 0  # a hibernated session reserves nothing
     assert (home / "notes.txt").read_text() == "first\n"
 
     # wake needs no user: the agent kept the session's record
-    endpoint = await driver.wake_session("s1", tpl, None)
+    await driver.wake_session("s1", tpl, None)
+    endpoint = driver.vnc_address("s1")
     assert (await read_rfb_banner(reactor, "127.0.0.1", endpoint.port)).startswith(b"RFB")
     assert driver.store.load("s1").home == str(home)
     await until(lambda: (home / "notes.txt").read_text() == "first\nfirst\n", 5,
@@ -237,15 +261,14 @@ async def test_capacity_and_bad_templates_are_refused_with_a_reason(local):
 
 @pytest_twisted.ensureDeferred
 async def test_concurrent_starts_get_distinct_displays(local):
-    from twisted.internet import defer
 
     driver = local.make()
-    endpoints = await defer.gatherResults([
+    await defer.gatherResults([
         driver.start_session(f"c{i}", template(), ALICE, "") for i in range(3)])
-    assert len({e.port for e in endpoints}) == 3
+    assert len({driver.vnc_address(f"c{i}").port for i in range(3)}) == 3
     records = [driver.store.load(f"c{i}") for i in range(3)]
     assert len({r.display for r in records}) == 3
-    await driver.stop_all()
+    await driver.shutdown()
     assert session_pids(local.state) == []
     assert all(released(r.display, r.xvnc_pid) for r in records)
 
@@ -285,7 +308,8 @@ async def test_the_default_catalog_runs_on_the_local_platform(local, tmp_path, t
     if shutil.which(program) is None:
         pytest.skip(f"{program} is not installed (scripts/setup.sh installs it)")
     driver = local.make()
-    endpoint = await driver.start_session("cat-1", SessionTemplate.from_json(tpl), ALICE, "")
+    await driver.start_session("cat-1", SessionTemplate.from_json(tpl), ALICE, "")
+    endpoint = driver.vnc_address("cat-1")
     await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png", minimum=100)
     await driver.stop_session("cat-1")
     assert session_pids(local.state) == []

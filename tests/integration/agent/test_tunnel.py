@@ -33,8 +33,7 @@ async def open_tunnel(cp, agents, vnc_port):
     agent = agents.start(driver)
     await cp.wait_connected()
     tunnel_id, secret = cp.allow_tunnel()
-    cid = cp.command("vnc_connect", "s1", {"tunnel_id": tunnel_id, "secret": secret,
-                                           "vnc": {"host": "127.0.0.1", "port": vnc_port}})
+    cid = cp.command("vnc_connect", "s1", {"tunnel_id": tunnel_id, "secret": secret})
     outcome = await cp.outcome(cid)
     assert outcome["type"] == "complete", outcome
     assert outcome["payload"]["result"] == {}
@@ -136,7 +135,7 @@ async def test_either_side_closing_closes_the_other(control_plane, agents, vnc_s
     agent2_leg_id, secret = control_plane.allow_tunnel()
     cid = control_plane.command("vnc_connect", "s1", {
         "tunnel_id": agent2_leg_id, "secret": secret,
-        "vnc": {"host": "127.0.0.1", "port": port}})
+})
     assert (await control_plane.outcome(cid))["type"] == "complete"
     control_plane.tunnels[agent2_leg_id].sendClose(1000, "viewer left")
     await until(lambda: server.connections[1].closed, 5, what="the VNC connection closing")
@@ -163,17 +162,18 @@ async def test_refusals_fail_the_command_with_a_reason(control_plane, agents, vn
     await control_plane.wait_connected()
     # wrong secret: the control plane refuses the upgrade (403)
     tunnel_id, _ = control_plane.allow_tunnel()
-    cid = control_plane.command("vnc_connect", "s1", {
-        "tunnel_id": tunnel_id, "secret": "wrong", "vnc": {"host": "127.0.0.1", "port": port}})
+    cid = control_plane.command("vnc_connect", "s1", {"tunnel_id": tunnel_id, "secret": "wrong"})
     failed = await control_plane.outcome(cid)
     assert failed["type"] == "failed" and "403" in failed["payload"]["reason"]
     await until(lambda: server.connections and server.connections[-1].closed, 5,
                 what="the VNC connection released")
-    # an endpoint no session of this agent serves is never dialled
+    # a session this agent does not run has no endpoint: nothing is dialled
+    dialled = len(server.connections)
     tunnel_id, secret = control_plane.allow_tunnel()
-    cid = control_plane.command("vnc_connect", "s1", {
-        "tunnel_id": tunnel_id, "secret": secret, "vnc": {"host": "10.1.2.3", "port": 22}})
+    cid = control_plane.command("vnc_connect", "s-other", {"tunnel_id": tunnel_id,
+                                                            "secret": secret})
     failed = await control_plane.outcome(cid)
     assert failed["type"] == "failed"
-    assert "no session on this agent serves VNC at 10.1.2.3:22" in failed["payload"]["reason"]
+    assert "the session is not running on this agent" in failed["payload"]["reason"]
+    assert len(server.connections) == dialled
     assert not agent.tunnels.tunnels

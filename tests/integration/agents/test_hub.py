@@ -237,14 +237,12 @@ async def test_start_command_ack_complete_makes_session_running(hub_server):
 
     await poll(starting, what="session to be starting after ack")
     client.frame("complete", {"command_id": p["command_id"],
-                              "result": {"vnc": {"host": "127.0.0.1", "port": 5901}}})
+                              "result": {}})
 
     async def running():
         return (await state_of(db, sid))[0] == "running"
 
     await poll(running, what="session to be running after complete")
-    rows = await db.query("SELECT platform_metadata FROM sessions WHERE id = %s", (sid,))
-    assert rows[0][0]["vnc"] == {"host": "127.0.0.1", "port": 5901}
     rows = await db.query("SELECT status, sent_at, acked_at, completed_at FROM agent_commands "
                           "WHERE id = %s", (p["command_id"],))
     assert rows[0][0] == "completed" and all(rows[0][1:])
@@ -252,6 +250,33 @@ async def test_start_command_ack_complete_makes_session_running(hub_server):
                             (sid,))
     assert [e[0] for e in events] == ["scheduled", "starting", "running"]
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_progress_from_the_driver_becomes_an_event_without_a_move(hub_server):
+    base, fleet, db = hub_server
+    _, token = await make_agent(db, "a-progress")
+    _, other_token = await make_agent(db, "a-other")
+    client = await registered_client(base, "a-progress", token)
+    sid = await make_session(db)
+    await fleet.lifecycle.session_created(sid)
+    await client.next_of_type("command")
+    other = await registered_client(base, "a-other", other_token)
+    # another agent cannot write into this session's events
+    other.frame("session_progress", {"session_id": sid, "message": "forged"})
+    client.frame("session_progress", {"session_id": sid,
+                                      "message": "pulling image example/desktop: 40%"})
+
+    async def progressed():
+        rows = await db.query("SELECT state, message FROM session_events WHERE session_id = %s "
+                              "ORDER BY id", (sid,))
+        return rows if len(rows) >= 2 else None
+
+    events = await poll(progressed, what="the progress event")
+    assert [tuple(e) for e in events][1:] == [("scheduled", "pulling image example/desktop: 40%")]
+    assert (await state_of(db, sid))[0] == "scheduled"
+    client.close()
+    other.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -295,7 +320,7 @@ async def test_commands_for_offline_agent_wait_and_are_redelivered(hub_server):
     again = await client.next_of_type("command")
     assert again["payload"]["command_id"] == first["payload"]["command_id"]
     client.frame("complete", {"command_id": again["payload"]["command_id"],
-                              "result": {"vnc": {"host": "127.0.0.1", "port": 5999}}})
+                              "result": {}})
 
     async def running():
         return (await state_of(db, sid))[0] == "running"
@@ -330,7 +355,7 @@ async def test_agent_offline_makes_sessions_unreachable_and_reconcile(hub_server
         await fleet.lifecycle.session_created(sid)
         cmd = await client.next_of_type("command")
         client.frame("complete", {"command_id": cmd["payload"]["command_id"],
-                                  "result": {"vnc": {"host": "127.0.0.1", "port": 5901}}})
+                                  "result": {}})
 
     async def both_running():
         return [(await state_of(db, s))[0] for s in (kept, lost)] == ["running", "running"]
@@ -345,8 +370,7 @@ async def test_agent_offline_makes_sessions_unreachable_and_reconcile(hub_server
     await poll(unreachable, what="sessions to be unreachable while the agent is away")
     client = await registered_client(
         base, "a-rec", token,
-        sessions=[{"session_id": kept, "state": "running",
-                   "vnc": {"host": "127.0.0.1", "port": 5901}}])
+        sessions=[{"session_id": kept, "state": "running"}])
 
     async def reconciled():
         return [(await state_of(db, s))[0] for s in (kept, lost)] == ["running", "failed"]

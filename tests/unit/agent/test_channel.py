@@ -55,8 +55,7 @@ def test_register_is_first_and_carries_what_the_agent_runs(setup):
     assert reg["payload"] == {
         "agent_id": "agent-1", "platform": "local", "region": "eu", "protocol_version": 1,
         "capacity": {"max_sessions": 4, "max_cpu": 8, "max_memory_gb": 16},
-        "sessions": [{"session_id": "s1", "state": "running",
-                      "vnc": {"host": "127.0.0.1", "port": 5910}}],
+        "sessions": [{"session_id": "s1", "state": "running"}],
         "metadata": {"hostname": "h"}}
 
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, task
 
 from agent.commands import Command, CommandExecutor
 from agent.journal import CommandJournal
@@ -29,9 +29,10 @@ class Harness:
         self.sent = []
         self.journal = CommandJournal(self.path, max_entries)
         self.now = NOW
+        self.clock = task.Clock()
         self.executor = CommandExecutor(self.driver, tunnels=None, journal=self.journal,
                                         emit=lambda t, p, buffered: self.sent.append((t, p)),
-                                        server_now=lambda: self.now)
+                                        server_now=lambda: self.now, clock=self.clock)
 
     def about(self, command_id):
         return [t for t, p in self.sent if p.get("command_id") == command_id]
@@ -41,7 +42,7 @@ def test_a_command_is_acked_run_and_completed(tmp_path):
     h = Harness(tmp_path)
     h.executor.handle(cmd("c1"))
     assert h.about("c1") == ["ack", "complete"]
-    assert h.sent[-1][1]["result"] == {"vnc": {"host": "127.0.0.1", "port": 5999}}
+    assert h.sent[-1][1]["result"] == {}
     assert h.driver.calls == [("start_session", "s1")]
 
 
@@ -149,11 +150,28 @@ def test_list_sessions_and_other_results(tmp_path):
     h.executor.handle(cmd("c1"))
     h.executor.handle(cmd("c2", "list_sessions", None, {}))
     assert h.sent[-1][1]["result"] == {"sessions": [
-        {"session_id": "s1", "state": "running", "vnc": {"host": "127.0.0.1", "port": 5999}}]}
+        {"session_id": "s1", "state": "running"}]}
     h.executor.handle(cmd("c3", "hibernate_session", data={}))
     assert h.sent[-1] == ("complete", {"command_id": "c3", "result": {}})
+    assert h.executor.driver.list_sessions()[0].state == "hibernated"
     h.executor.handle(cmd("c4", "wake_session", data={"template": TEMPLATE}))
-    assert h.sent[-1][1]["result"]["vnc"]["port"] == 5999
+    assert h.sent[-1] == ("complete", {"command_id": "c4", "result": {}})
+    assert h.executor.driver.list_sessions()[0].state == "running"
+
+
+def test_a_start_past_its_deadline_is_cancelled_and_fails_with_a_reason(tmp_path):
+    h = Harness(tmp_path)
+    h.driver.hold = defer.Deferred()
+    h.executor.handle(cmd("c1", deadline=NOW + 30))
+    # the driver got the deadline on the agent's own clock
+    assert h.driver.deadlines["s1"] == pytest.approx(h.clock.seconds() + 30)
+    h.clock.advance(29)
+    assert h.about("c1") == ["ack"]
+    h.clock.advance(1.5)
+    assert h.about("c1") == ["ack", "failed"]
+    assert "before the command's deadline" in h.sent[-1][1]["reason"]
+    # cancelled, not abandoned: the driver's work was interrupted (and it cleaned up)
+    assert h.driver.hold.called and h.driver.sessions == {}
 
 
 def test_the_journal_stays_bounded_and_tolerates_a_torn_line(tmp_path):
