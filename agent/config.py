@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from agent.platforms import DRIVERS
 from streamspace_common.settings import (
     Setting,
     build_options_class,
@@ -17,7 +18,7 @@ from streamspace_common.settings import (
     positive_duration,
 )
 
-PLATFORMS = ("local", "kubernetes")
+PLATFORMS = tuple(DRIVERS)
 
 SETTINGS: list[Setting] = [
     Setting("agent-id", "AGENT_ID", None, "unique agent identifier (required)"),
@@ -29,7 +30,7 @@ SETTINGS: list[Setting] = [
             "file holding the agent token (instead of AGENT_TOKEN)"),
     Setting("control-plane-ca-file", "CONTROL_PLANE_CA_FILE", None,
             "PEM CA certificate to trust for a wss:// control plane (default: system CAs)"),
-    Setting("platform", "PLATFORM", "local", "platform driver: local or kubernetes",
+    Setting("platform", "PLATFORM", "local", f"platform driver: {', '.join(PLATFORMS)}",
             one_of(*PLATFORMS)),
     Setting("region", "REGION", "", "deployment region reported to the scheduler"),
     Setting("namespace", "NAMESPACE", "streamspace", "Kubernetes namespace for session pods"),

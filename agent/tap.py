@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from twisted.application import service
@@ -10,6 +9,7 @@ from twisted.logger import Logger
 
 from agent.config import AgentOptions
 from agent.endpoints import ControlPlaneAddress
+from agent.platforms import build_driver
 from agent.platforms.base import Capacity
 from agent.service import build_agent
 from streamspace_common import logs
@@ -46,15 +46,7 @@ def makeService(options) -> service.IService:
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     capacity = Capacity(max_sessions=options["max_sessions"], max_cpu=options["max_cpu"],
                         max_memory_gb=options["max_memory"])
-    if options["platform"] != "local":
-        raise ConfigError([f"PLATFORM={options['platform']}: this agent build only has the "
-                           "'local' driver"], "agent")
-    from agent.platforms.local import LocalDriver
-
-    if shutil.which("Xvnc") is None:
-        log.error("Xvnc is not installed (Debian: tigervnc-standalone-server): local "
-                  "sessions will fail to start")
-    driver = LocalDriver(reactor, state_dir, capacity)
+    driver = build_driver(options["platform"], reactor, options, state_dir, capacity)
     check_websocket_acceleration()
     log.info("agent {agent_id} ({platform}) for {url}, state in {state_dir}",
              agent_id=options["agent_id"], platform=driver.name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -383,3 +384,11 @@ async def _settled(d: defer.Deferred) -> None:
 
     d.addBoth(relay)
     await waiter
+
+
+def build_driver(reactor, options, state_dir: Path, capacity: Capacity) -> LocalDriver:
+    """PLATFORM=local (see agent/platforms/__init__.py)."""
+    if shutil.which("Xvnc") is None:
+        log.error("Xvnc is not installed (Debian: tigervnc-standalone-server): local "
+                  "sessions will fail to start")
+    return LocalDriver(reactor, state_dir, capacity)

@@ -90,9 +90,9 @@ def test_agent_options_report_everything_missing():
 
 def test_agent_options_from_environment():
     env = {"AGENT_ID": "k8s-1", "CONTROL_PLANE_URL": "wss://cp.example.com", "AGENT_TOKEN": "t",
-           "PLATFORM": "kubernetes", "REGION": "us-east-1", "MAX_CPU": "100",
+           "PLATFORM": "local", "REGION": "us-east-1", "MAX_CPU": "100",
            "MAX_MEMORY": "256", "MAX_SESSIONS": "50"}
     opts = parse(AgentOptions, [], env)
-    assert opts["platform"] == "kubernetes"
+    assert opts["platform"] == "local"
     assert opts["max_sessions"] == 50 and opts["max_cpu"] == 100.0
     assert opts["heartbeat_interval"] == 10.0

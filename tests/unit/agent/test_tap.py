@@ -49,5 +49,5 @@ def test_problems_are_reported_together(tmp_path):
 
 
 def test_unknown_driver_is_refused(tmp_path):
-    with pytest.raises(ConfigError, match="only has the 'local' driver"):
-        tap.makeService(options(tmp_path, PLATFORM="kubernetes"))
+    with pytest.raises(ConfigError, match="PLATFORM: 'vmware' is not one of local"):
+        tap.makeService(options(tmp_path, PLATFORM="vmware"))
