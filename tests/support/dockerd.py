@@ -43,22 +43,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cache import cache_dir
 from tests.support.processes import REPO, alive, wait_gone
 
 DEBIAN_MIRROR = os.environ.get("STREAMSPACE_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0
-
-
-def cache_dir() -> Path:
-    """Where expensive, reusable artefacts live: outside the repository, kept across runs."""
-    explicit = os.environ.get("STREAMSPACE_CACHE_DIR")
-    if explicit:
-        path = Path(explicit)
-    else:
-        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "streamspace"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _require(command: str, package: str) -> str:
