@@ -14,6 +14,7 @@ from tests.support.dockerd import (
     blocking,
     dockerd,  # noqa: F401 - the shared session fixture
 )
+from tests.support.k8s_binaries import helm, kubectl  # noqa: F401 - session fixtures
 from tests.support.processes import REPO
 
 IMAGE_TAG = "test"
