@@ -37,6 +37,13 @@ def docker(engine, *args, check=True):
     return threads.deferToThread(engine.cli, *args, check=check)
 
 
+# As the Helm chart runs them: no capabilities, no privilege escalation, a read-only root
+# with only the state directory and /tmp writable.
+LOCKED_DOWN = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges",
+               "--tmpfs", "/tmp", "--tmpfs",
+               f"/var/lib/streamspace:uid={IMAGE_UID},gid={IMAGE_UID},mode=0700"]
+
+
 def env_file(path: Path, values: dict[str, str]) -> str:
     """Secrets reach the containers through a 0600 file, never through argv."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -104,7 +111,8 @@ async def test_images_run_the_product_end_to_end(dockerd, images, empty_dsn, tmp
     # 2. The control plane: ready against that database, healthy, not root, noVNC served.
     containers.append("ss-control-plane")
     await docker(dockerd, "run", "-d", "--name", "ss-control-plane", "--network", "host",
-                 "--env-file", cp_env, "--health-interval", "1s", "--health-start-period", "0s",
+                 *LOCKED_DOWN, "--env-file", cp_env, "--health-interval", "1s",
+                 "--health-start-period", "0s",
                  images["control-plane"])
     stack = Stack(dsn=empty_dsn, port=port, state_dir=tmp_path, env={})
 
@@ -139,7 +147,7 @@ async def test_images_run_the_product_end_to_end(dockerd, images, empty_dsn, tmp
     # Host networking shares the host's abstract X11 sockets: the agent must see which
     # displays the host's X servers hold, so it gets the host's /tmp/.X11-unix.
     await docker(dockerd, "run", "-d", "--name", "ss-agent", "--network", "host",
-                 "--env-file", agent_env, "-v", "/tmp/.X11-unix:/tmp/.X11-unix",
+                 *LOCKED_DOWN, "--env-file", agent_env, "-v", "/tmp/.X11-unix:/tmp/.X11-unix",
                  "--health-interval", "1s", "--health-start-period", "0s", images["agent"])
     await stack.wait_agent("container-agent", "online", timeout=60)
     await poll(lambda: healthy("ss-agent"), timeout=30, what="a healthy agent container")
