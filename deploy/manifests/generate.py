@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate deploy/manifests/streamspace.yaml from the Helm chart (default values).
 
-    python3 deploy/manifests/generate.py [--helm PATH] [--check]
+    .venv/bin/python deploy/manifests/generate.py [--helm PATH] [--check]
 
 The plain manifests are the chart rendered for release "streamspace" in namespace
 "streamspace", without what only Helm can do: the generated Secrets (create them yourself,
@@ -78,7 +78,7 @@ def main() -> int:
     if args.check:
         current = OUTPUT.exists() and OUTPUT.read_text() == text
         print("deploy/manifests are current" if current else
-              "deploy/manifests are stale: run python3 deploy/manifests/generate.py")
+              "deploy/manifests are stale: run .venv/bin/python deploy/manifests/generate.py")
         return 0 if current else 1
     OUTPUT.write_text(text)
     print(f"wrote {OUTPUT.relative_to(REPO)}")

@@ -280,12 +280,15 @@ class DockerEngine:
             self._unmount_ours()
             with contextlib.suppress(FileNotFoundError):
                 self.socket.unlink()
+            left, mounted = self.processes(), self.mounts()
             if not self.persistent:
                 shutil.rmtree(self.data_root, ignore_errors=True)
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
+        if left or mounted:  # the run's teardown fails: something of the engine stayed
+            raise RuntimeError(f"dockerd left processes {sorted(left)} / mounts {mounted}")
 
     def mounts(self) -> list[str]:
         """Mount points under this engine's roots (none once it has stopped)."""
