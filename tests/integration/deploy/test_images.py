@@ -1,6 +1,7 @@
 """The container images, built from deploy/docker/ and run on the suite's private dockerd,
 do what deploy/README.md tells operators: the control plane against an external PostgreSQL
-(DATABASE_URL + JWT_SECRET, `--migrate-only` first), the agent against it, a session whose
+(DATABASE_URL + JWT_SECRET, `--migrate-only` first), the agent registered the way the Helm
+chart's Job does it (`python -m streamspace.agents.provisioning`) and run against it, a session whose
 pixels come through the VNC proxy, everything stopped cleanly, nothing left behind.
 
 Containers use `--network host`: the suite's PostgreSQL, the control plane, the agent and
@@ -138,16 +139,31 @@ async def test_images_run_the_product_end_to_end(dockerd, images, empty_dsn, tmp
     assert novnc.code == 200 and b"RFB" in await novnc.content()
 
     # 3. The agent, in its own container, with the local platform (Xvnc inside it).
+    # Registered as the Helm chart's migration Job does it: a token the deployment made,
+    # mounted as a file, its hash written by the control-plane image's provisioning command.
     stack.token = await stack.login("admin", ADMIN_PASSWORD)
-    agent_token = await stack.provision_agent("container-agent")
+    token_file = tmp_path / "agent-token"
+    token_file.write_text("deployment-made-token-" + "z" * 32 + "\n")
+    os.chown(token_file, IMAGE_UID, IMAGE_UID)
+    token_file.chmod(0o400)
+    token_mount = ["-v", f"{token_file}:/run/secrets/agent-token:ro"]
+    provision_env = env_file(tmp_path / "provision.env", {
+        "DATABASE_URL": database_url(empty_dsn), "AGENT_ID": "container-agent",
+        "AGENT_PLATFORM": "local", "AGENT_TOKEN_FILE": "/run/secrets/agent-token"})
+    provisioned = await docker(dockerd, "run", "--rm", "--network", "host", *LOCKED_DOWN,
+                               *token_mount, "--env-file", provision_env, "--entrypoint", "tini",
+                               images["control-plane"], "--", "python", "-m",
+                               "streamspace.agents.provisioning")
+    assert "agent container-agent: created" in provisioned.stdout, provisioned
     agent_env = env_file(tmp_path / "agent.env", {
-        "AGENT_ID": "container-agent", "AGENT_TOKEN": agent_token,
+        "AGENT_ID": "container-agent", "AGENT_TOKEN_FILE": "/run/secrets/agent-token",
         "CONTROL_PLANE_URL": stack.base, "PLATFORM": "local", "HEARTBEAT_INTERVAL": "1s"})
     containers.append("ss-agent")
     # Host networking shares the host's abstract X11 sockets: the agent must see which
     # displays the host's X servers hold, so it gets the host's /tmp/.X11-unix.
     await docker(dockerd, "run", "-d", "--name", "ss-agent", "--network", "host",
-                 *LOCKED_DOWN, "--env-file", agent_env, "-v", "/tmp/.X11-unix:/tmp/.X11-unix",
+                 *LOCKED_DOWN, *token_mount, "--env-file", agent_env,
+                 "-v", "/tmp/.X11-unix:/tmp/.X11-unix",
                  "--health-interval", "1s", "--health-start-period", "0s", images["agent"])
     await stack.wait_agent("container-agent", "online", timeout=60)
     await poll(lambda: healthy("ss-agent"), timeout=30, what="a healthy agent container")
