@@ -17,8 +17,8 @@ from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.logger import Logger
 
+from streamspace.agents.provisioning import ensure_agent
 from streamspace.auth import agent_tokens
-from streamspace.db import agents as agent_rows
 from streamspace.db.pool import Database
 from streamspace.processes import SupervisedProcess
 from streamspace.secrets_store import write_private
@@ -62,19 +62,8 @@ class LocalAgentService(Service):
 
     async def _provision(self, db: Database) -> None:
         token = agent_tokens.generate()
-
-        async def work(cursor):
-            existing = await agent_rows.lock(cursor, LOCAL_AGENT_ID)
-            if existing is None:
-                await agent_rows.create(cursor, agent_id=LOCAL_AGENT_ID, platform="local",
-                                        region="local", capacity={},
-                                        metadata={"provisioned_by": "dev mode"},
-                                        token_hash=agent_tokens.hash_token(token))
-            else:
-                await agent_rows.set_token_hash(cursor, existing["id"],
-                                                agent_tokens.hash_token(token))
-
-        await db.transaction(work)
+        await ensure_agent(db, agent_id=LOCAL_AGENT_ID, platform="local", region="local",
+                           token=token, provisioned_by="dev mode")
         write_private(self.token_file, token + "\n")
 
     def _spawn(self) -> None:

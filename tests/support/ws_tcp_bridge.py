@@ -7,10 +7,25 @@ blocking sockets on purpose: this runs beside the system under test, never in it
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
+import urllib.request
 
 import websocket  # websocket-client
+
+
+def fresh_vnc_url(http_base: str, ws_base: str, session_id: str, token: str):
+    """A URL factory for `Bridge`: asks for a new VNC token per connection (they are
+    single-use), blocking, in the bridge's thread."""
+
+    def factory() -> str:
+        req = urllib.request.Request(f"{http_base}/api/v1/sessions/{session_id}/vnc-token",
+                                     method="POST", headers={"Authorization": f"Bearer {token}"})
+        body = json.load(urllib.request.urlopen(req, timeout=10))
+        return ws_base + body["url"]
+
+    return factory
 
 
 class Bridge:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import urllib.request
 
 import pytest
 import pytest_twisted
@@ -18,7 +16,7 @@ from streamspace.relay.link import BUFFER_BOUND
 from tests.support.http import poll
 from tests.support.polling import settle, until
 from tests.support.tcp_peers import PatternChecker, pattern
-from tests.support.ws_tcp_bridge import Bridge
+from tests.support.ws_tcp_bridge import Bridge, fresh_vnc_url
 from tests.support.wsclient import connect
 
 pytestmark = pytest.mark.slow
@@ -49,15 +47,7 @@ async def test_real_vnc_client_sees_the_desktop_through_the_proxy(stack, tmp_pat
     session = await stack.create_session("terminal")
     sid = session["id"]
     await stack.wait_state(sid, "running")
-    base, token = stack.base, stack.token
-
-    def fresh_url():  # runs in the bridge's thread: a new VNC token per connection
-        req = urllib.request.Request(f"{base}/api/v1/sessions/{sid}/vnc-token", method="POST",
-                                     headers={"Authorization": f"Bearer {token}"})
-        body = json.load(urllib.request.urlopen(req, timeout=10))
-        return stack.ws_base + body["url"]
-
-    bridge = Bridge(fresh_url)
+    bridge = Bridge(fresh_vnc_url(stack.base, stack.ws_base, sid, stack.token))
     shot = tmp_path / "desktop.png"
     try:
         out, err, code = await getProcessOutputAndValue(
