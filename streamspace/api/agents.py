@@ -24,14 +24,25 @@ from streamspace.auth import agent_tokens
 from streamspace.db import agents
 from streamspace.db import sessions as sessions_db
 from streamspace.sessions.states import ACTIVE_STATES, FAILED, TERMINATED
+from streamspace_common.capacity import parse_capacity
 
 RESERVED_IDS = ("register",)  # would clash with POST /agents/register
 STATUSES = ("online", "offline")
 
+
+
+def check_capacity(name: str, value) -> dict:
+    """The same check as the agent's register frame (streamspace_common.capacity)."""
+    try:
+        return parse_capacity(value)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+
+
 _DESCRIPTION = {
     "platform": Field("string", required=True, pattern=PLATFORM, pattern_help=PLATFORM_HELP),
     "region": Field("string", pattern=f"({REGION})?", pattern_help=REGION_HELP),
-    "capacity": Field("object", max_len=64),
+    "capacity": Field("object", max_len=64, custom=check_capacity),
     "metadata": Field("object", max_len=64),
 }
 CREATE_FIELDS = {

@@ -66,6 +66,10 @@ def valid(field: Field):
     elif field.kind == "string_map":
         base = st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True),
                                st.text(max_size=10), max_size=3)
+    elif field.custom is agents.check_capacity:
+        base = st.fixed_dictionaries({}, optional={
+            "max_sessions": st.integers(0, 50), "max_cpu": st.floats(0, 64),
+            "max_memory_gb": st.floats(0, 256)})
     elif field.custom is not None:  # platforms
         base = st.dictionaries(
             st.sampled_from(["local", "kubernetes", "docker", "Bad"]),
