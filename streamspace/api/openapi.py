@@ -160,7 +160,7 @@ ERRORS = {
     409: "conflicts with the current state (the message says why)",
     413: "the body is larger than 64 KiB",
     415: "the body is not JSON",
-    429: "too many failed login attempts (see Retry-After)",
+    429: "too many failed attempts (see Retry-After)",
     503: "the database is unavailable",
 }
 
@@ -226,9 +226,10 @@ def _paths() -> dict[str, Any]:
         "/auth/login": {"post": _op(
             "Log in; returns a JWT for `Authorization: Bearer`", 200, _ref("TokenResponse"),
             auth=None, body="LoginRequest", errors=(401, 403, 429),
-            description="Failed attempts are limited per username and per client address "
-                        "(429 with Retry-After); unknown users and wrong passwords fail "
-                        "alike.")},
+            description="Failed attempts are limited per client address and username, "
+                        "under a higher ceiling per address (429 with Retry-After; the "
+                        "first refusal per limit and minute is audited); unknown users "
+                        "and wrong passwords fail alike.")},
         "/auth/refresh": {"post": _op(
             "Exchange a valid token for a fresh one (the old one is revoked)", 200,
             _ref("TokenResponse"))},
