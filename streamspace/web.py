@@ -21,7 +21,8 @@ from werkzeug.routing import Map
 from streamspace.api import errors
 from streamspace.api.errors import error_body
 from streamspace.api.responses import json_body
-from streamspace.metrics import MetricsSite, render_latest
+from streamspace.http_site import ControlPlaneSite
+from streamspace.metrics_endpoint import MetricsAccess
 
 # `error_body` and `json_body` are also imported from here by the hub and the VNC proxy;
 # both come from the one renderer (streamspace.api.errors / .responses).
@@ -38,8 +39,11 @@ class ControlPlaneWeb:
 
     def __init__(self, database, api: IResource | None = None,
                  websockets: dict[str, Callable[..., IResource]] | None = None,
-                 static: IResource | None = None, session_routes=None) -> None:
+                 static: IResource | None = None, session_routes=None,
+                 metrics_access: MetricsAccess | None = None) -> None:
         self.database = database
+        # Off unless configured (tap.py passes the operator's choice).
+        self.metrics_access = metrics_access or MetricsAccess()
         self.api = api
         self.websockets = websockets or {}
         self.static = static
@@ -61,9 +65,7 @@ class ControlPlaneWeb:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
-        body, content_type = render_latest()
-        request.setHeader(b"Content-Type", content_type.encode())
-        return body
+        return self.metrics_access.serve(request)
 
     def _websocket(self, name: str, request, **params):
         endpoint = self.websockets.get(name)
@@ -140,7 +142,5 @@ def route_resolver(root_map: Map, api_map: Map | None = None):
     return route_of
 
 
-def make_site(web: ControlPlaneWeb, api_map: Map | None = None) -> MetricsSite:
-    site = MetricsSite(web.app.resource(), route_resolver(web.app.url_map, api_map))
-    site.displayTracebacks = False
-    return site
+def make_site(web: ControlPlaneWeb, api_map: Map | None = None) -> ControlPlaneSite:
+    return ControlPlaneSite(web.app.resource(), route_resolver(web.app.url_map, api_map))
