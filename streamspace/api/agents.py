@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 from streamspace.api import shapes
 from streamspace.api.auth import bearer_token
@@ -56,6 +58,12 @@ REGISTER_FIELDS = {
 }
 
 
+def twistd_path() -> str:
+    """The `twistd` of the control plane's own installation (its virtualenv): what the
+    Add-agent dialog's start command runs, so it works as pasted on this machine."""
+    return str(Path(sys.executable).parent / "twistd")
+
+
 def _agent_id(agent_id: str) -> str:
     if not re.fullmatch(AGENT_ID, agent_id):
         raise not_found("no such agent")
@@ -105,7 +113,8 @@ async def create_agent(api, request):
     row = await api.ctx.db.transaction(work)
     request.setHeader(b"Location", f"/api/v1/agents/{row['agent_id']}".encode())
     # The only time the token is ever shown: it is stored hashed.
-    return api.ok(request, {**shapes.agent(row), "token": token}, 201)
+    return api.ok(request, {**shapes.agent(row), "token": token, "twistd": twistd_path()},
+                  201)
 
 
 async def rotate_token(api, request, agent_id):
@@ -123,7 +132,7 @@ async def rotate_token(api, request, agent_id):
     await api.ctx.db.transaction(work)
     # A connection made with the old token must end (close code 4001).
     await api.notify("agent_hub", "agent_revoked", agent_id)
-    return api.ok(request, {"agent_id": agent_id, "token": token})
+    return api.ok(request, {"agent_id": agent_id, "token": token, "twistd": twistd_path()})
 
 
 async def delete_agent(api, request, agent_id):

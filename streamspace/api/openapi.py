@@ -110,7 +110,10 @@ AGENT = _obj({
 AGENT_WITH_TOKEN = copy.deepcopy(AGENT)
 AGENT_WITH_TOKEN["properties"]["token"] = {
     "type": "string", "description": "the agent's token; shown only in this response"}
-AGENT_WITH_TOKEN["required"].append("token")
+TWISTD = {"type": "string", "description": "path of the control plane's own `twistd` (the "
+          "start command the UI shows runs it)"}
+AGENT_WITH_TOKEN["properties"]["twistd"] = TWISTD
+AGENT_WITH_TOKEN["required"] += ["token", "twistd"]
 
 AUDIT_ENTRY = _obj({
     "id": {"type": "integer"}, "created_at": ISO, "actor_id": {"type": ["string", "null"]},
@@ -141,7 +144,8 @@ def _schemas() -> dict[str, Any]:
         "SessionCreate": body_schema(sessions.CREATE_FIELDS),
         "SessionUpdate": body_schema(sessions.UPDATE_FIELDS),
         "Agent": AGENT, "AgentWithToken": AGENT_WITH_TOKEN,
-        "AgentToken": _obj({"agent_id": {"type": "string"}, "token": {"type": "string"}}),
+        "AgentToken": _obj({"agent_id": {"type": "string"}, "token": {"type": "string"},
+                            "twistd": TWISTD}),
         "AgentCreate": body_schema(agents.CREATE_FIELDS),
         "AgentRegister": body_schema(agents.REGISTER_FIELDS),
         "AuditEntry": AUDIT_ENTRY,
