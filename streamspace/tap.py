@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -235,6 +236,11 @@ def _banner(listeners: list[ListeningService], public: str) -> None:
         return
     log.info("StreamSpace control plane listening on {url} (public URL {public})",
              url=web.url(), public=public)
+    host = web.listening.getHost().host
+    if web.tls is None and not ipaddress.ip_address(host).is_loopback:
+        log.warn("serving plain HTTP on {host}: logins and agent tokens cross the network "
+                 "in clear unless a TLS reverse proxy is in front (or set --tls-cert)",
+                 host=host)
     for extra in others:
         if extra.listening is not None:
             log.info("metrics served on {url}/metrics", url=extra.url())
