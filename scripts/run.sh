@@ -8,7 +8,19 @@ VENV="${VENV:-$here/.venv}"
 export STREAMSPACE_STATE_DIR="${STREAMSPACE_STATE_DIR:-$here/.streamspace}"
 port="${PORT:-8080}"
 
-echo "StreamSpace: starting the control plane on http://localhost:${port}"
+# Where it will listen, by the control plane's own rule (streamspace/config.py,
+# listen_interface): LISTEN_ADDRESS, else 127.0.0.1 in dev mode (no external database),
+# else all interfaces. The control plane confirms it in its log once it listens.
+if [ -n "${LISTEN_ADDRESS:-}" ]; then
+  address="$LISTEN_ADDRESS"
+elif [ -n "${DATABASE_URL:-}${DB_HOST:-}" ] && [ -z "${STREAMSPACE_DEV:-}" ]; then
+  address="0.0.0.0"
+else
+  address="127.0.0.1"
+fi
+scheme=http; [ -n "${TLS_CERT:-}" ] && scheme=https
+case "$address" in *:*) shown="[$address]" ;; *) shown="$address" ;; esac
+echo "StreamSpace: starting the control plane on ${scheme}://${shown}:${port}"
 echo "  state directory: ${STREAMSPACE_STATE_DIR}"
 if [ -z "${ADMIN_PASSWORD:-}" ]; then
   echo "  admin credentials: username 'admin', password in ${STREAMSPACE_STATE_DIR}/admin-credentials"

@@ -14,9 +14,11 @@ PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-$here/.venv}"
 
 # Packages the product needs to run: PostgreSQL (embedded database), TigerVNC (local
-# sessions), the applications of the default catalog, Node/npm (installs noVNC).
+# sessions), the applications of the default catalog, Node/npm (installs noVNC),
+# util-linux (setsid and setpriv: supervised children in their own session, signalled
+# when the control plane dies).
 run_pkgs=(postgresql tigervnc-standalone-server xterm icewm chromium x11-utils
-          fonts-dejavu-core fonts-noto-color-emoji xfonts-base procps)
+          fonts-dejavu-core fonts-noto-color-emoji xfonts-base procps util-linux)
 # Node may come from elsewhere (e.g. nodesource's nodejs bundles npm and conflicts with
 # Debian's npm): only ask Debian for it when the commands are missing.
 command -v npm >/dev/null 2>&1 || run_pkgs+=(nodejs npm)

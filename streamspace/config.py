@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+from streamspace.auth.password_policy import password_problem
 from streamspace_common.settings import (
     Setting,
     build_options_class,
@@ -20,6 +22,7 @@ from streamspace_common.settings import (
 )
 
 MIN_JWT_SECRET = 32
+MIN_METRICS_TOKEN = 16
 
 
 def ip_networks(text: str) -> tuple:
@@ -35,12 +38,42 @@ def ip_networks(text: str) -> tuple:
     return tuple(out)
 
 
+def host_port(text: str) -> tuple[str | None, int]:
+    """`9100`, `127.0.0.1:9100`, `[::1]:9100` -> (host or None, port)."""
+    value = str(text).strip()
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "", value
+    host = host.strip("[]")
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not an IP address (expected [host:]port)") from None
+    number = port_number(port)
+    if number == 0:
+        raise ValueError("the port must not be 0")
+    return (host or None), number
+
+
 SETTINGS: list[Setting] = [
-    Setting("port", "PORT", "8080", "HTTP port for the API, WebSockets and UI", port_number),
-    Setting("interface", "LISTEN_ADDRESS", "0.0.0.0", "address to listen on"),
+    Setting("port", "PORT", "8080", "HTTP(S) port for the API, WebSockets and UI",
+            port_number),
+    Setting("interface", "LISTEN_ADDRESS", None,
+            "address to listen on (default: 127.0.0.1 in dev mode, 0.0.0.0 otherwise)"),
     Setting("public-url", "PUBLIC_URL", None,
             "URL users reach the control plane at (origin checks, links); "
-            "default http://localhost:PORT"),
+            "default http(s)://localhost:PORT"),
+    Setting("tls-cert", "TLS_CERT", None,
+            "PEM certificate (chain) to serve HTTPS and WSS on PORT (with --tls-key)"),
+    Setting("tls-key", "TLS_KEY", None, "PEM private key of --tls-cert"),
+    Setting("metrics-address", "METRICS_ADDRESS", None,
+            "serve /metrics only on this separate [host:]port (host default: LISTEN_ADDRESS), "
+            "not on PORT", host_port),
+    Setting("metrics-token", "METRICS_TOKEN", None,
+            f"bearer token /metrics requires (at least {MIN_METRICS_TOKEN} characters); "
+            "without it or METRICS_ADDRESS, /metrics is served only in dev mode",
+            secret=True),
     Setting("database-url", "DATABASE_URL", None,
             "PostgreSQL URL (postgresql://user:pass@host:port/db); overrides DB_*", secret=True),
     Setting("db-host", "DB_HOST", None,
@@ -114,6 +147,37 @@ def _validate(opts: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
         p = urlparse(public)
         if p.scheme not in ("http", "https") or not p.netloc:
             problems.append("PUBLIC_URL: expected http(s)://host[:port]")
+    if opts["interface"] is not None:
+        try:
+            ipaddress.ip_address(opts["interface"])
+        except ValueError:
+            problems.append(f"LISTEN_ADDRESS: {opts['interface']!r} is not an IP address")
+    problems.extend(_tls_problems(opts))
+    metrics_at = opts["metrics_address"]
+    if metrics_at is not None and metrics_at[1] == opts["port"]:
+        hosts = {metrics_at[0] or listen_interface(opts), listen_interface(opts)}
+        if len(hosts) == 1 or hosts & {"0.0.0.0", "::"}:
+            problems.append("METRICS_ADDRESS: must not be the address of PORT")
+    token = opts["metrics_token"]
+    if token is not None and len(token) < MIN_METRICS_TOKEN:
+        problems.append(f"METRICS_TOKEN: must be at least {MIN_METRICS_TOKEN} characters "
+                        "(generate one with `openssl rand -hex 24`)")
+    admin_password = opts["admin_password"]
+    if admin_password is not None:
+        problem = password_problem(admin_password, "admin")
+        if problem:
+            problems.append(f"ADMIN_PASSWORD: {problem}")
+    return problems
+
+
+def _tls_problems(opts: Mapping[str, Any]) -> list[str]:
+    cert, key = opts["tls_cert"], opts["tls_key"]
+    if bool(cert) != bool(key):
+        return ["TLS_CERT/TLS_KEY: give both the certificate and its key, or neither"]
+    problems = []
+    for name, path in (("TLS_CERT", cert), ("TLS_KEY", key)):
+        if path and not os.access(path, os.R_OK):
+            problems.append(f"{name}: cannot read {path}")
     return problems
 
 
@@ -134,8 +198,34 @@ ServerOptions = build_options_class(
 )
 
 
+def uses_tls(opts: Mapping[str, Any]) -> bool:
+    return bool(opts["tls_cert"] and opts["tls_key"])
+
+
+def listen_interface(opts: Mapping[str, Any]) -> str:
+    """LISTEN_ADDRESS if given; else loopback in dev mode (generated secrets, an admin
+    password printed on the terminal: nothing to offer the network), all interfaces
+    otherwise."""
+    if opts["interface"] is not None:
+        return opts["interface"]
+    return "127.0.0.1" if is_dev(opts) else "0.0.0.0"
+
+
 def public_url(opts: Mapping[str, Any]) -> str:
-    return (opts["public_url"] or f"http://localhost:{opts['port']}").rstrip("/")
+    scheme = "https" if uses_tls(opts) else "http"
+    return (opts["public_url"] or f"{scheme}://localhost:{opts['port']}").rstrip("/")
 
 
-__all__ = ["ServerOptions", "SETTINGS", "uses_embedded_database", "is_dev", "public_url", "text"]
+def local_url(opts: Mapping[str, Any]) -> str:
+    """How a process on this machine (the dev-mode local agent) reaches the port."""
+    interface = listen_interface(opts)
+    ip = ipaddress.ip_address(interface)
+    if ip.is_unspecified:
+        host = "[::1]" if ip.version == 6 else "127.0.0.1"
+    else:
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{'https' if uses_tls(opts) else 'http'}://{host}:{opts['port']}"
+
+
+__all__ = ["ServerOptions", "SETTINGS", "uses_embedded_database", "is_dev", "public_url",
+           "listen_interface", "local_url", "uses_tls", "text"]

@@ -26,3 +26,38 @@ class OrderedMultiService(MultiService):
                     log.failure("error stopping {name}", name=getattr(child, "name", child))
 
         return defer.Deferred.fromCoroutine(stop_in_order())
+
+
+
+class StopSignals:
+    """SIGINT/SIGTERM start one ordered stop. Another one meanwhile (an impatient second
+    Ctrl-C) is noted once; it neither stops the reactor twice (a traceback) nor cuts the
+    ordered stop short."""
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+        self.stopping = False
+        self._noted = False
+
+    def install(self) -> None:
+        """After the reactor installed its own handlers (call when running)."""
+        import signal
+
+        signal.signal(signal.SIGINT, self.received)
+        signal.signal(signal.SIGTERM, self.received)
+        self.reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+
+    def _shutting_down(self) -> None:
+        self.stopping = True
+
+    def received(self, number, frame=None) -> None:
+        import signal
+
+        if self.stopping:
+            if not self._noted:
+                self._noted = True
+                log.info("already stopping (the local agent, then the database); please wait")
+            return
+        self.stopping = True
+        handler = self.reactor.sigInt if number == signal.SIGINT else self.reactor.sigTerm
+        handler(number, frame)

@@ -18,12 +18,13 @@ paths under /api/ get the API's JSON 404; other unknown paths a small HTML 404.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from twisted.logger import Logger
 from twisted.web import resource, static
+
+from streamspace.api.errors import error_body
 
 log = Logger()
 
@@ -172,11 +173,7 @@ class StaticUI(resource.Resource):
 
     @staticmethod
     def _json_404(request) -> bytes:
-        request.setResponseCode(404)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        return json.dumps({"error": {"code": "not_found",
-                                     "message": "no such API endpoint"}}).encode()
+        return error_body(request, 404, "not_found", "no such API endpoint")
 
 
 def build_static_resource(root: Path | str = HTDOCS) -> StaticUI:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -11,13 +12,22 @@ from twisted.internet import defer
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from streamspace import metrics
 from streamspace.bootstrap import initial_admin_hook
-from streamspace.config import ServerOptions, is_dev, public_url, uses_embedded_database
+from streamspace.config import (
+    ServerOptions,
+    is_dev,
+    listen_interface,
+    local_url,
+    public_url,
+    uses_embedded_database,
+    uses_tls,
+)
 from streamspace.db.embedded import EmbeddedPostgres
 from streamspace.db.pool import dsn_from_options
 from streamspace.db.service import DatabaseService
 from streamspace.secrets_store import read_or_create
-from streamspace.service_tree import OrderedMultiService
+from streamspace.service_tree import OrderedMultiService, StopSignals
 from streamspace_common import logs
 from streamspace_common.accel import check_websocket_acceleration
 
@@ -46,22 +56,34 @@ def fatal_exit(reactor, reason: str, code: int = 1) -> None:
 
 
 class ListeningService(service.Service):
-    """Listens on the HTTP port; a port already in use is a one-line fatal error."""
+    """Listens on a port (TLS when given options); a port already in use is a one-line
+    fatal error."""
 
-    name = "web"
-
-    def __init__(self, reactor, port: int, factory, interface: str) -> None:
+    def __init__(self, reactor, port: int, factory, interface: str, *, tls=None,
+                 name: str = "web") -> None:
         self.reactor, self.port, self.factory, self.interface = reactor, port, factory, interface
+        self.tls = tls
+        self.name = name
         self.listening = None
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         try:
-            self.listening = self.reactor.listenTCP(
-                self.port, self.factory, interface=self.interface)
+            if self.tls is not None:
+                self.listening = self.reactor.listenSSL(
+                    self.port, self.factory, self.tls, interface=self.interface)
+            else:
+                self.listening = self.reactor.listenTCP(
+                    self.port, self.factory, interface=self.interface)
         except CannotListenError as e:
             raise SystemExit(f"streamspace: cannot listen on {self.interface}:{self.port}: "
                              f"{e.socketError.strerror if e.socketError else e}") from None
+
+    def url(self) -> str:
+        """Where it really listens, e.g. https://127.0.0.1:8443 (IPv6 in brackets)."""
+        host = self.listening.getHost()
+        address = f"[{host.host}]" if ":" in host.host else host.host
+        return f"{'https' if self.tls is not None else 'http'}://{address}:{host.port}"
 
     def stopService(self):
         super().stopService()
@@ -95,6 +117,8 @@ def makeService(options) -> service.IService:
     from streamspace.api.catalog import catalog_hook, load_catalog
     from streamspace.context import AppContext
     from streamspace.local_agent import LocalAgentService
+    from streamspace.metrics_endpoint import MetricsAccess, metrics_site
+    from streamspace.metrics_refresh import FleetRefresher
     from streamspace.relay.proxy import VncProxy
     from streamspace.sessions.routes import SessionRoutes
     from streamspace.static import build_static_resource
@@ -109,6 +133,7 @@ def makeService(options) -> service.IService:
     # root) but not list; every file here is created 0600.
     os.chmod(state_dir, 0o711)
     root = OrderedMultiService()
+    reactor.callWhenRunning(StopSignals(reactor).install)
 
     embedded = EmbeddedPostgres(state_dir, reactor) if uses_embedded_database(options) else None
     migrate = bool(options["migrate"] or options["migrate_only"] or is_dev(options))
@@ -153,14 +178,21 @@ def makeService(options) -> service.IService:
     proxy = VncProxy(reactor, database.db, fleet.hub, ctx.jwt_secret, ctx.public_url,
                      options["vnc_proxy_timeout"])
     fleet.service.proxy = proxy
+    FleetRefresher(reactor, database).setServiceParent(root)
+    metrics.watch_pool(database.db.pool_usage)
+    tls = _tls_options(options)
 
     if options["local_agent"]:
         if not is_dev(options):
             log.warn("--local-agent is a dev-mode feature; ignored with an external database "
                      "(pass --dev to force it)")
         else:
-            LocalAgentService(reactor, database, state_dir,
-                              f"http://127.0.0.1:{options['port']}").setServiceParent(root)
+            # Over TLS the local agent trusts CONTROL_PLANE_CA_FILE, else our certificate
+            # itself (a self-signed one for 127.0.0.1, as dev mode would use).
+            ca_file = os.environ.get("CONTROL_PLANE_CA_FILE") or options["tls_cert"]
+            LocalAgentService(reactor, database, state_dir, local_url(options),
+                              ca_file=ca_file if tls is not None else None
+                              ).setServiceParent(root)
 
     api_resource, api_map = build_api(ctx)
     web_root = ControlPlaneWeb(
@@ -168,12 +200,47 @@ def makeService(options) -> service.IService:
         websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
                     "agent_tunnel": proxy.tunnel_endpoint()},
         session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle),
-        static=build_static_resource())
+        static=build_static_resource(),
+        metrics_access=MetricsAccess.from_options(options, dev=is_dev(options)))
     site = make_site(web_root, api_map)
-    web = ListeningService(reactor, options["port"], site, options["interface"])
+    interface = listen_interface(options)
+    web = ListeningService(reactor, options["port"], site, interface, tls=tls)
     web.setServiceParent(root)
-
-    url = f"http://localhost:{options['port']}"
-    reactor.callWhenRunning(
-        log.info, "StreamSpace control plane listening on {url}", url=url)
+    listeners = [web]
+    if options["metrics_address"] is not None:
+        host, port = options["metrics_address"]
+        metrics_web = ListeningService(
+            reactor, port, metrics_site(MetricsAccess.from_options(options, is_dev(options))),
+            host or interface, tls=tls, name="metrics-web")
+        metrics_web.setServiceParent(root)
+        listeners.append(metrics_web)
+    reactor.callWhenRunning(_banner, listeners, public_url(options))
     return root
+
+
+def _tls_options(options):
+    if not uses_tls(options):
+        return None
+    from streamspace.tls import TLSConfigError, server_options
+
+    try:
+        return server_options(options["tls_cert"], options["tls_key"])
+    except TLSConfigError as e:
+        raise SystemExit(f"streamspace: {e}") from None
+
+
+def _banner(listeners: list[ListeningService], public: str) -> None:
+    """Say where we really listen (not where we hope users find us)."""
+    web, *others = listeners
+    if web.listening is None:
+        return
+    log.info("StreamSpace control plane listening on {url} (public URL {public})",
+             url=web.url(), public=public)
+    host = web.listening.getHost().host
+    if web.tls is None and not ipaddress.ip_address(host).is_loopback:
+        log.warn("serving plain HTTP on {host}: logins and agent tokens cross the network "
+                 "in clear unless a TLS reverse proxy is in front (or set --tls-cert)",
+                 host=host)
+    for extra in others:
+        if extra.listening is not None:
+            log.info("metrics served on {url}/metrics", url=extra.url())

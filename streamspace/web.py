@@ -11,37 +11,25 @@ Routing map (everything on one port):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from typing import Any
 
 from klein import Klein
-from twisted.logger import Logger
 from twisted.web.resource import IResource
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map
 
-from streamspace.metrics import MetricsSite, render_latest
+from streamspace.api import errors
+from streamspace.api.errors import error_body
+from streamspace.api.responses import json_body
+from streamspace.http_site import ControlPlaneSite
+from streamspace.metrics_endpoint import MetricsAccess
 
-log = Logger()
+# `error_body` and `json_body` are also imported from here by the hub and the VNC proxy;
+# both come from the one renderer (streamspace.api.errors / .responses).
+__all__ = ["API_PREFIX", "ControlPlaneWeb", "error_body", "json_body", "make_site",
+           "route_resolver"]
 
 API_PREFIX = "/api/v1"
-
-
-def json_body(request, payload: Any, status: int = 200) -> bytes:
-    request.setResponseCode(status)
-    request.setHeader(b"Content-Type", b"application/json")
-    request.setHeader(b"Cache-Control", b"no-store")
-    return json.dumps(payload, default=str).encode()
-
-
-def error_body(request, status: int, code: str, message: str) -> bytes:
-    """The one error shape every endpoint uses: {"error": {"code", "message"}}."""
-    return json_body(request, {"error": {"code": code, "message": message}}, status)
-
-
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
-               413: "payload_too_large"}
 
 
 class ControlPlaneWeb:
@@ -51,8 +39,11 @@ class ControlPlaneWeb:
 
     def __init__(self, database, api: IResource | None = None,
                  websockets: dict[str, Callable[..., IResource]] | None = None,
-                 static: IResource | None = None, session_routes=None) -> None:
+                 static: IResource | None = None, session_routes=None,
+                 metrics_access: MetricsAccess | None = None) -> None:
         self.database = database
+        # Off unless configured (tap.py passes the operator's choice).
+        self.metrics_access = metrics_access or MetricsAccess()
         self.api = api
         self.websockets = websockets or {}
         self.static = static
@@ -74,9 +65,7 @@ class ControlPlaneWeb:
 
     @app.route("/metrics", methods=["GET"])
     def metrics(self, request):
-        body, content_type = render_latest()
-        request.setHeader(b"Content-Type", content_type.encode())
-        return body
+        return self.metrics_access.serve(request)
 
     def _websocket(self, name: str, request, **params):
         endpoint = self.websockets.get(name)
@@ -123,20 +112,7 @@ class ControlPlaneWeb:
     @app.handle_errors(Exception)
     def any_error(self, request, failure):
         """Whatever fails answers in the one JSON error shape, never an HTML traceback."""
-        e = failure.value
-        if isinstance(e, HTTPException):
-            return error_body(request, e.code, _HTTP_CODES.get(e.code, "http_error"),
-                              e.description or e.name)
-        from streamspace.db.pool import DatabaseUnavailable
-
-        if isinstance(e, DatabaseUnavailable):
-            request.setHeader(b"Retry-After", b"2")
-            return error_body(request, 503, "database_unavailable",
-                              "the database is unavailable right now; try again shortly")
-        log.failure("unhandled error in {method} {path}", failure,
-                    method=request.method.decode("latin-1"),
-                    path=request.path.decode("latin-1", "replace"))
-        return error_body(request, 500, "internal_error", "internal error")
+        return errors.render(request, failure)
 
 
 def route_resolver(root_map: Map, api_map: Map | None = None):
@@ -166,7 +142,5 @@ def route_resolver(root_map: Map, api_map: Map | None = None):
     return route_of
 
 
-def make_site(web: ControlPlaneWeb, api_map: Map | None = None) -> MetricsSite:
-    site = MetricsSite(web.app.resource(), route_resolver(web.app.url_map, api_map))
-    site.displayTracebacks = False
-    return site
+def make_site(web: ControlPlaneWeb, api_map: Map | None = None) -> ControlPlaneSite:
+    return ControlPlaneSite(web.app.resource(), route_resolver(web.app.url_map, api_map))

@@ -1,6 +1,7 @@
 """What the control plane and the agent share, and nothing else: the control-protocol
 codec (`wire`), declarative settings with duration parsing (`settings`), log observers
-(`logs`) and the WebSocket acceleration check (`accel`).
+(`logs`), the WebSocket acceleration check (`accel`) and the validation of an agent's
+capacity (`capacity`).
 
 The agent imports only this package from outside `agent/`, so it never depends on
 control-plane modules (and an agent image needs no control-plane code).

@@ -26,7 +26,7 @@ $('#password-form').addEventListener('submit', async (event) => {
   const current = $('#current-password').value;
   const fresh = $('#new-password').value;
   if (!current || !fresh) return showError(error, new Error('Fill in both passwords.'));
-  if (fresh.length < 8) return showError(error, new Error('The new password needs at least 8 characters.'));
+  if (fresh.length < 12) return showError(error, new Error('The new password needs at least 12 characters (and must not be your username).'));
   if (fresh !== $('#confirm-password').value) {
     return showError(error, new Error('The two new passwords differ.'));
   }

@@ -48,25 +48,39 @@ function shellQuote(value) {
   return /^[A-Za-z0-9._:/@%+=,-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`;
 }
 
-function startCommand(agent, token) {
+// One line a shell runs as pasted: it makes the agent its own private directory, asks for
+// the token without echo (so it is never in argv, the environment shown here, or the
+// shell history) and keeps it in a 0600 file, then starts this installation's twistd
+// from that directory, with no pidfile.
+function startCommand(agent, twistd) {
+  const dir = `"$HOME/.streamspace-agents/${agent.agent_id}"`;
   const env = [
-    ['AGENT_ID', agent.agent_id], ['AGENT_TOKEN', token], ['CONTROL_PLANE_URL', location.origin],
+    ['AGENT_ID', agent.agent_id], ['CONTROL_PLANE_URL', location.origin],
     ['PLATFORM', agent.platform],
   ];
   if (agent.region) env.push(['REGION', agent.region]);
-  return `${env.map(([k, v]) => `${k}=${shellQuote(v)}`).join(' ')} twistd -n agent`;
+  const vars = env.map(([k, v]) => `${k}=${shellQuote(v)}`).join(' ');
+  return [
+    `d=${dir}`, 'install -d -m 700 "$d" "$d/state"',
+    `(umask 077; printf 'Paste the agent token: '; stty -echo 2>/dev/null; read -r t; `
+      + `stty echo 2>/dev/null; echo; printf '%s\\n' "$t" > "$d/token")`,
+    'cd "$d"',
+    `${vars} AGENT_TOKEN_FILE="$d/token" AGENT_STATE_DIR="$d/state" `
+      + `${shellQuote(twistd || 'twistd')} --nodaemon --pidfile= agent`,
+  ].join(' && ');
 }
 
-function showToken(agent, token, title) {
-  const command = startCommand(agent, token);
+function showToken(agent, token, title, twistd) {
+  const command = startCommand(agent, twistd);
   dialog(title,
     h('p', { class: 'alert info' }, 'This token is shown only now; StreamSpace keeps only its hash. Copy it before closing.'),
     h('p', {}, 'Token:'),
     h('pre', { class: 'secret', id: 'agent-token' }, token),
-    h('p', {}, 'Start the agent on its machine with:'),
+    h('p', {}, 'Start the agent with this command, then paste the token when it asks (it is not echoed, and is kept in a file only you can read). On another machine, use the twistd of its own StreamSpace installation.'),
     h('pre', { class: 'secret', id: 'agent-command' }, command),
     h('form', { method: 'dialog', class: 'form-actions' },
       h('button', { type: 'button', onclick: () => copyText(command) }, 'Copy command'),
+      h('button', { type: 'button', onclick: () => copyText(token) }, 'Copy token'),
       h('button', { type: 'submit', class: 'primary' }, 'Done')));
 }
 
@@ -96,7 +110,7 @@ async function rotate(agent, button) {
   await busy(button, async () => {
     try {
       const answer = await post(`/agents/${encodeURIComponent(agent.agent_id)}/token`, {});
-      showToken(agent, answer.token, `New token for ${agent.agent_id}`);
+      showToken(agent, answer.token, `New token for ${agent.agent_id}`, answer.twistd);
       load();
     } catch (e) {
       toast(e.message, 'error');
@@ -139,7 +153,7 @@ function createAgent() {
           try {
             const agent = await post('/agents', body);
             d.close();
-            showToken(agent, agent.token, `Agent ${agent.agent_id} created`);
+            showToken(agent, agent.token, `Agent ${agent.agent_id} created`, agent.twistd);
             load();
           } catch (err) {
             showError(error, err);

@@ -48,7 +48,7 @@ function userForm(user, onSave) {
     },
     isNew ? field('Username', inputs.username, 'Lowercase letters, digits, ".", "_", "-".') : null,
     field(isNew ? 'Password' : 'New password', inputs.password,
-      isNew ? 'At least 8 characters.' : 'Leave empty to keep the current one. A new password logs the user out everywhere.'),
+      isNew ? 'At least 12 characters, not the username.' : 'Leave empty to keep the current one (at least 12 characters, not the username). A new password logs the user out everywhere.'),
     field('Display name', inputs.display_name),
     field('Email', inputs.email),
     field('Role', inputs.role),

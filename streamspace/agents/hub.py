@@ -12,6 +12,7 @@ from typing import Any, Protocol
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
+from streamspace import metrics
 from streamspace.auth import agent_tokens
 from streamspace.auth.bearer import parse_bearer
 from streamspace.db import agents as agent_rows
@@ -144,6 +145,7 @@ class AgentHub:
         p = frame.payload
         if frame.type == "heartbeat":
             usage = p.get("usage") if isinstance(p.get("usage"), dict) else {}
+            metrics.heartbeat_received(frame.timestamp, self.reactor.seconds())
             await fleet.record_heartbeat(self.db, link.agent["id"], link.conn_id, usage)
         elif frame.type == "ack":
             command_id = _uuid(p["command_id"])
@@ -151,12 +153,14 @@ class AgentHub:
                 await self.lifecycle.command_acked(link.agent["id"], command_id)
         elif frame.type == "complete":
             command_id = _uuid(p["command_id"])
+            metrics.command_answered(command_id, True, self.reactor.seconds())
             result = p.get("result") if isinstance(p.get("result"), dict) else {}
             if not self._answer_ephemeral(command_id, True, result, None):
                 await self.lifecycle.command_finished(
                     link.agent["id"], command_id, True, result, None)
         elif frame.type == "failed":
             command_id = _uuid(p["command_id"])
+            metrics.command_answered(command_id, False, self.reactor.seconds())
             reason = str(p["reason"])[:500]
             if not self._answer_ephemeral(command_id, False, None, reason):
                 await self.lifecycle.command_finished(
@@ -207,6 +211,8 @@ class AgentHub:
             "command_id": command["id"], "command_type": command["command_type"],
             "session_id": command["session_id"], "data": command["data"],
             "deadline": command["deadline"]}, self.reactor.seconds()))
+        metrics.command_sent(command["id"], command["command_type"], link.agent.get("platform"),
+                             self.reactor.seconds())
         await fleet.mark_sent(self.db, command["id"])
         return True
 

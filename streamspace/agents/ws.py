@@ -12,6 +12,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from streamspace import metrics
 from streamspace.agents.hub import CLOSE_PROTOCOL_ERROR, AgentHub, Refused, new_conn_id
 from streamspace.web import error_body
 from streamspace_common import wire
@@ -26,6 +27,7 @@ class AgentControlProtocol(WebSocketServerProtocol):
     last_seen = 0.0
 
     def onConnect(self, request):
+        metrics.websocket_opened(self, request.path)
         self.agent = self.factory.agent
         self.conn_id = new_conn_id()
         self.last_seen = self.factory.hub.reactor.seconds()
@@ -78,6 +80,7 @@ class AgentControlProtocol(WebSocketServerProtocol):
         self.factory.hub.detach_soon(self, reason)
 
     def onClose(self, wasClean: bool, code: int, reason: str | None) -> None:
+        metrics.websocket_closed(self)
         self._closing = True
         if getattr(self, "agent", None) is not None:
             self.factory.hub.detach_soon(self, reason or f"connection closed ({code})")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import sys
+from pathlib import Path
 
 from streamspace.api import shapes
 from streamspace.api.auth import bearer_token
@@ -24,14 +26,25 @@ from streamspace.auth import agent_tokens
 from streamspace.db import agents
 from streamspace.db import sessions as sessions_db
 from streamspace.sessions.states import ACTIVE_STATES, FAILED, TERMINATED
+from streamspace_common.capacity import parse_capacity
 
 RESERVED_IDS = ("register",)  # would clash with POST /agents/register
 STATUSES = ("online", "offline")
 
+
+
+def check_capacity(name: str, value) -> dict:
+    """The same check as the agent's register frame (streamspace_common.capacity)."""
+    try:
+        return parse_capacity(value)
+    except ValueError as e:
+        raise bad_request(str(e)) from None
+
+
 _DESCRIPTION = {
     "platform": Field("string", required=True, pattern=PLATFORM, pattern_help=PLATFORM_HELP),
     "region": Field("string", pattern=f"({REGION})?", pattern_help=REGION_HELP),
-    "capacity": Field("object", max_len=64),
+    "capacity": Field("object", max_len=64, custom=check_capacity),
     "metadata": Field("object", max_len=64),
 }
 CREATE_FIELDS = {
@@ -43,6 +56,12 @@ REGISTER_FIELDS = {
     "platform": Field("string", pattern=PLATFORM, pattern_help=PLATFORM_HELP),
     "protocol_version": Field("integer", min=1, max=1000),
 }
+
+
+def twistd_path() -> str:
+    """The `twistd` of the control plane's own installation (its virtualenv): what the
+    Add-agent dialog's start command runs, so it works as pasted on this machine."""
+    return str(Path(sys.executable).parent / "twistd")
 
 
 def _agent_id(agent_id: str) -> str:
@@ -94,7 +113,8 @@ async def create_agent(api, request):
     row = await api.ctx.db.transaction(work)
     request.setHeader(b"Location", f"/api/v1/agents/{row['agent_id']}".encode())
     # The only time the token is ever shown: it is stored hashed.
-    return api.ok(request, {**shapes.agent(row), "token": token}, 201)
+    return api.ok(request, {**shapes.agent(row), "token": token, "twistd": twistd_path()},
+                  201)
 
 
 async def rotate_token(api, request, agent_id):
@@ -112,7 +132,7 @@ async def rotate_token(api, request, agent_id):
     await api.ctx.db.transaction(work)
     # A connection made with the old token must end (close code 4001).
     await api.notify("agent_hub", "agent_revoked", agent_id)
-    return api.ok(request, {"agent_id": agent_id, "token": token})
+    return api.ok(request, {"agent_id": agent_id, "token": token, "twistd": twistd_path()})
 
 
 async def delete_agent(api, request, agent_id):

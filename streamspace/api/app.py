@@ -13,10 +13,10 @@ from twisted.logger import Logger
 
 from streamspace.api import agents, audit, auth_routes, errors, openapi, sessions, templates, users
 from streamspace.api import auth as api_auth
+from streamspace.api.responses import json_body
 from streamspace.auth.ratelimit import LoginRateLimiter
 from streamspace.context import AppContext
 from streamspace.db import audit as audit_db
-from streamspace.web import json_body
 
 log = Logger()
 

@@ -27,9 +27,8 @@ async def list_audit(api, request):
     actor_id = query(request, "actor_id")
     if actor_id is not None and not is_uuid(actor_id):
         raise bad_request("query parameter `actor_id` must be a user id (UUID)")
-    cursor = query(request, "cursor")
-    if cursor is not None and not (cursor.isdigit() and len(cursor) <= 18):
-        raise bad_request("query parameter `cursor` must be a `next_cursor` value")
+    cursor = query_matching(request, "cursor", r"[0-9]{1,18}",
+                            "must be a `next_cursor` value")
     limit = query_int(request, "limit", default=100, low=1, high=MAX_LIMIT)
     since, until = query_time(request, "since"), query_time(request, "until")
     rows = await audit.search(

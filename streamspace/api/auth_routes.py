@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import re
 
+from twisted.logger import Logger
+
+from streamspace import metrics
 from streamspace.api import shapes
 from streamspace.api.auth import Principal
 from streamspace.api.body import USERNAME, Field, read_json, validate
-from streamspace.api.errors import ApiError, unauthorized
+from streamspace.api.errors import ApiError, bad_request, unauthorized
 from streamspace.auth import passwords, tokens
+from streamspace.auth.password_policy import MAX_LENGTH, MIN_LENGTH, password_problem
 from streamspace.db import tokens as tokens_db
 from streamspace.db import users
 from streamspace.db.pool import DatabaseUnavailable
 
-MIN_PASSWORD = 8
-MAX_PASSWORD = 1024
+MIN_PASSWORD = MIN_LENGTH
+MAX_PASSWORD = MAX_LENGTH
 
 LOGIN_FIELDS = {
     "username": Field("string", required=True, min_len=1, max_len=256),
@@ -27,10 +31,19 @@ PASSWORD_FIELDS = {
 
 INVALID_CREDENTIALS = "invalid username or password"
 
+log = Logger()
+
 
 def now(api) -> float:
     """The control plane's clock, at the precision tokens and `tokens_valid_after` share."""
     return round(api.ctx.reactor.seconds(), 3)
+
+
+def check_password_policy(password: str, username: str) -> None:
+    """400 `weak_password` unless `password` follows the policy (auth.password_policy)."""
+    problem = password_problem(password, username)
+    if problem:
+        raise bad_request(problem, "weak_password")
 
 
 def _token_response(api, user: dict, token: str, claims: tokens.Claims) -> dict:
@@ -43,22 +56,36 @@ def _issue(api, user_id: str, role: str, at: float) -> tuple[str, tokens.Claims]
                               lifetime=api.ctx.token_lifetime)
 
 
-def _too_many(retry_after: int) -> ApiError:
-    return ApiError(429, "too_many_attempts",
-                    f"too many failed login attempts; try again in {retry_after} s",
-                    {"Retry-After": str(retry_after)})
+async def _refuse_if_limited(api, request, principal: Principal | None, account: str,
+                             action: str, target_id: str) -> None:
+    """429 when the rate limit says so; the first refusal per limit and window is
+    audited (each one would let a flood fill the audit log), every one is counted."""
+    refusal = api.login_limiter.refusal(api.client_addr(request), account)
+    if refusal is None:
+        return
+    metrics.login_refused(refusal.scope)
+    if refusal.first:
+        async def record(cursor):
+            await api.audit(cursor, request, principal, action, "user", target_id,
+                            success=False, actor_name=account,
+                            details={"reason": "rate_limited", "scope": refusal.scope})
+
+        try:
+            await api.ctx.db.transaction(record)
+        except DatabaseUnavailable:
+            log.warn("could not audit a rate-limited {action}", action=action)
+    raise ApiError(429, "too_many_attempts",
+                   f"too many failed attempts; try again in {refusal.retry_after} s",
+                   {"Retry-After": str(refusal.retry_after)})
 
 
 async def login(api, request):
     body = validate(read_json(request), LOGIN_FIELDS)
     username = body["username"].strip().lower()
     addr = api.client_addr(request)
-    keys = (f"user:{username}", f"addr:{addr}")
     limiter = api.login_limiter
-    wait = limiter.retry_after(keys)
-    if wait is not None:
-        raise _too_many(wait)
-    stamp = limiter.begin(keys)
+    await _refuse_if_limited(api, request, None, username, "auth.login", username)
+    stamp = limiter.begin(addr, username)
     try:
         user = await users.get_for_login(api.ctx.db, username) \
             if re.fullmatch(USERNAME, username) else None
@@ -66,7 +93,7 @@ async def login(api, request):
         ok = await passwords.verify_password(
             api.ctx.reactor, user["password_hash"] if user else None, body["password"])
     except DatabaseUnavailable:
-        limiter.succeeded(keys, stamp)  # our outage is not the caller's failure
+        limiter.succeeded(addr, username, stamp)  # our outage is not the caller's failure
         raise
     if not ok or user["disabled"]:
         reason = "disabled" if ok else "bad_credentials"
@@ -80,7 +107,7 @@ async def login(api, request):
         if ok:
             raise ApiError(403, "account_disabled", "this account is disabled")
         raise ApiError(401, "invalid_credentials", INVALID_CREDENTIALS)
-    limiter.succeeded(keys, stamp)
+    limiter.succeeded(addr, username, stamp)
     token, claims = _issue(api, user["id"], user["role"], now(api))
     principal = Principal(user["id"], user["username"], user["role"], claims.jti, claims.exp,
                           user["max_sessions"])
@@ -135,11 +162,11 @@ async def me(api, request):
 async def change_password(api, request):
     principal = await api.principal(request)
     body = validate(read_json(request), PASSWORD_FIELDS)
-    keys = (f"user:{principal.username}", f"addr:{api.client_addr(request)}")
-    wait = api.login_limiter.retry_after(keys)
-    if wait is not None:
-        raise _too_many(wait)
-    stamp = api.login_limiter.begin(keys)
+    check_password_policy(body["new_password"], principal.username)
+    addr = api.client_addr(request)
+    await _refuse_if_limited(api, request, principal, principal.username,
+                             "user.password_change", principal.user_id)
+    stamp = api.login_limiter.begin(addr, principal.username)
     current = await users.get_for_login(api.ctx.db, principal.username)
     if current is None or not await passwords.verify_password(
             api.ctx.reactor, current["password_hash"], body["current_password"]):
@@ -150,7 +177,7 @@ async def change_password(api, request):
 
         await api.ctx.db.transaction(record_failure)
         raise ApiError(403, "invalid_credentials", "the current password is wrong")
-    api.login_limiter.succeeded(keys, stamp)
+    api.login_limiter.succeeded(addr, principal.username, stamp)
     new_hash = await passwords.hash_password(api.ctx.reactor, body["new_password"])
     at = now(api)
 

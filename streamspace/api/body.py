@@ -299,7 +299,7 @@ def query_int(request, name: str, *, default: int, low: int, high: int) -> int:
     value = query(request, name)
     if value is None:
         return default
-    if not re.fullmatch(r"\d{1,18}", value):
+    if not re.fullmatch(r"[0-9]{1,18}", value):  # \d would take any script's digits
         raise bad_request(f"query parameter `{name}` must be a whole number")
     number = int(value)
     if not low <= number <= high:
@@ -318,6 +318,12 @@ def query_time(request, name: str) -> datetime | None:
                           "e.g. 2026-01-31T12:00:00Z") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
+    try:
+        # In UTC: PostgreSQL refuses offsets with seconds, and an offset can carry a
+        # time past year 9999 or before 1970 once applied.
+        when = when.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise bad_request(f"query parameter `{name}` is out of range") from None
     if not 1970 <= when.year <= 9999:
         raise bad_request(f"query parameter `{name}` is out of range")
     return when

@@ -1,12 +1,21 @@
-"""API errors: every failure becomes the one JSON error shape with the right status."""
+"""The one error renderer: every failure, on every route, becomes
+`{"error": {"code", "message"}}` with the right status.
+
+Handlers raise `ApiError` (or let anything else escape); Klein error handlers call
+`render`; code that answers outside Klein (WebSocket admission, the body-size guard that
+runs before any handler) calls `error_body` or `error_payload`. Nothing else builds an
+error body.
+"""
 
 from __future__ import annotations
+
+import json
 
 from twisted.logger import Logger
 from werkzeug.exceptions import HTTPException
 
+from streamspace.api.responses import json_body
 from streamspace.db.pool import DatabaseUnavailable
-from streamspace.web import error_body
 
 log = Logger()
 
@@ -43,7 +52,18 @@ def forbidden(message: str = "this requires the admin role") -> ApiError:
     return ApiError(403, "forbidden", message)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+def error_payload(code: str, message: str) -> bytes:
+    """The error shape as bytes (for answers written before a request object exists)."""
+    return json.dumps({"error": {"code": code, "message": message}}).encode()
+
+
+def error_body(request, status: int, code: str, message: str) -> bytes:
+    """Set `request`'s status and JSON headers; return the error body to send."""
+    return json_body(request, {"error": {"code": code, "message": message}}, status)
+
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed",
+               413: "payload_too_large"}
 
 
 def render(request, failure) -> bytes:
@@ -60,17 +80,25 @@ def render(request, failure) -> bytes:
         return error_body(request, 503, "database_unavailable",
                           "the database is unavailable right now; try again shortly")
     if isinstance(e, HTTPException):
-        if e.code == 405:
-            allowed = getattr(e, "valid_methods", None) or []
-            request.setHeader(b"Allow", ", ".join(allowed).encode())
-            return error_body(request, 405, "method_not_allowed",
-                              f"{request.method.decode('latin-1')} is not allowed here"
-                              + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
-        if e.code == 404:
-            return error_body(request, 404, "not_found", "no such API endpoint")
-        return error_body(request, e.code or 500, _HTTP_CODES.get(e.code, "http_error"),
-                          e.description or e.name)
+        return _http_exception(request, e)
     log.failure("unhandled error in {method} {path}", failure,
                 method=request.method.decode("latin-1"),
                 path=request.path.decode("latin-1", "replace"))
     return error_body(request, 500, "internal_error", "internal error")
+
+
+def _http_exception(request, e: HTTPException) -> bytes:
+    """Routing failures (werkzeug): 404, 405 with Allow, and the rest by status."""
+    if e.code == 405:
+        allowed = getattr(e, "valid_methods", None) or []
+        request.setHeader(b"Allow", ", ".join(allowed).encode())
+        return error_body(request, 405, "method_not_allowed",
+                          f"{request.method.decode('latin-1')} is not allowed here"
+                          + (f" (allowed: {', '.join(allowed)})" if allowed else ""))
+    if e.code == 404:
+        api = (request.path or b"").startswith(b"/api/")
+        return error_body(request, 404, "not_found",
+                          "no such API endpoint" if api else "not found")
+    status = e.code or 500
+    return error_body(request, status, _HTTP_CODES.get(status, "http_error"),
+                      e.description or e.name)

@@ -110,7 +110,10 @@ AGENT = _obj({
 AGENT_WITH_TOKEN = copy.deepcopy(AGENT)
 AGENT_WITH_TOKEN["properties"]["token"] = {
     "type": "string", "description": "the agent's token; shown only in this response"}
-AGENT_WITH_TOKEN["required"].append("token")
+TWISTD = {"type": "string", "description": "path of the control plane's own `twistd` (the "
+          "start command the UI shows runs it)"}
+AGENT_WITH_TOKEN["properties"]["twistd"] = TWISTD
+AGENT_WITH_TOKEN["required"] += ["token", "twistd"]
 
 AUDIT_ENTRY = _obj({
     "id": {"type": "integer"}, "created_at": ISO, "actor_id": {"type": ["string", "null"]},
@@ -141,7 +144,8 @@ def _schemas() -> dict[str, Any]:
         "SessionCreate": body_schema(sessions.CREATE_FIELDS),
         "SessionUpdate": body_schema(sessions.UPDATE_FIELDS),
         "Agent": AGENT, "AgentWithToken": AGENT_WITH_TOKEN,
-        "AgentToken": _obj({"agent_id": {"type": "string"}, "token": {"type": "string"}}),
+        "AgentToken": _obj({"agent_id": {"type": "string"}, "token": {"type": "string"},
+                            "twistd": TWISTD}),
         "AgentCreate": body_schema(agents.CREATE_FIELDS),
         "AgentRegister": body_schema(agents.REGISTER_FIELDS),
         "AuditEntry": AUDIT_ENTRY,
@@ -160,7 +164,7 @@ ERRORS = {
     409: "conflicts with the current state (the message says why)",
     413: "the body is larger than 64 KiB",
     415: "the body is not JSON",
-    429: "too many failed login attempts (see Retry-After)",
+    429: "too many failed attempts (see Retry-After)",
     503: "the database is unavailable",
 }
 
@@ -226,9 +230,10 @@ def _paths() -> dict[str, Any]:
         "/auth/login": {"post": _op(
             "Log in; returns a JWT for `Authorization: Bearer`", 200, _ref("TokenResponse"),
             auth=None, body="LoginRequest", errors=(401, 403, 429),
-            description="Failed attempts are limited per username and per client address "
-                        "(429 with Retry-After); unknown users and wrong passwords fail "
-                        "alike.")},
+            description="Failed attempts are limited per client address and username, "
+                        "under a higher ceiling per address (429 with Retry-After; the "
+                        "first refusal per limit and minute is audited); unknown users "
+                        "and wrong passwords fail alike.")},
         "/auth/refresh": {"post": _op(
             "Exchange a valid token for a fresh one (the old one is revoked)", 200,
             _ref("TokenResponse"))},

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from streamspace.api import shapes
-from streamspace.api.auth_routes import MAX_PASSWORD, MIN_PASSWORD, now
+from streamspace.api.auth_routes import MAX_PASSWORD, MIN_PASSWORD, check_password_policy, now
 from streamspace.api.body import (
     USERNAME,
     USERNAME_HELP,
@@ -65,6 +65,7 @@ async def get_user(api, request, user_id):
 async def create_user(api, request):
     principal = await api.admin(request)
     body = validate(read_json(request), CREATE_FIELDS)
+    check_password_policy(body["password"], body["username"])
     password_hash = await passwords.hash_password(api.ctx.reactor, body["password"])
 
     async def work(cursor):
@@ -99,6 +100,10 @@ async def update_user(api, request, user_id):
     body = validate(read_json(request), UPDATE_FIELDS, partial=True)
     changes = {k: v for k, v in body.items() if k != "password"}
     if "password" in body:
+        target = await users.get(api.ctx.db, user_id)
+        if target is None:
+            raise not_found("no such user")
+        check_password_policy(body["password"], target["username"])
         changes["password_hash"] = await passwords.hash_password(api.ctx.reactor,
                                                                  body["password"])
     at = now(api)

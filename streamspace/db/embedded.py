@@ -4,6 +4,11 @@ Started from the machine's PostgreSQL binaries in the state directory, listening
 127.0.0.1 with a generated password (scram), no Unix socket; as root the server runs as
 the `postgres` user because initdb refuses root. Everything goes through
 `reactor.spawnProcess`, so starting and stopping never block the reactor.
+
+The server runs in its own session (a terminal's Ctrl-C does not reach it: we stop it,
+last) and gets SIGINT, a fast shutdown, if the control plane dies. It is supervised: if it
+exits on its own it is restarted on the same port with backoff, and the pool's
+connections reconnect by themselves.
 """
 
 from __future__ import annotations
@@ -18,12 +23,19 @@ import socket
 import stat
 from pathlib import Path
 
-from twisted.internet import error
+from twisted.internet import defer, error
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from streamspace.db.pool import make_dsn
-from streamspace.processes import SupervisedProcess
+from streamspace.processes import (
+    Backoff,
+    SupervisedProcess,
+    cmdline,
+    detached,
+    process_alive,
+    stop_stray,
+)
 
 log = Logger()
 
@@ -31,6 +43,7 @@ DB_NAME = "streamspace"
 DB_USER = "streamspace"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
+START_ATTEMPTS = 3  # a start that fails (e.g. shared memory of a dead server still held)
 
 
 class EmbeddedDatabaseError(Exception):
@@ -85,8 +98,10 @@ def _server_process() -> SupervisedProcess:
 class EmbeddedPostgres:
     """One private cluster under `<state_dir>/postgres` (or a root-safe fallback path)."""
 
-    def __init__(self, state_dir: Path, reactor, extra_settings: dict[str, str] | None = None):
+    def __init__(self, state_dir: Path, reactor, extra_settings: dict[str, str] | None = None,
+                 *, supervise: bool = True):
         self.reactor = reactor
+        self.supervise = supervise
         self.state_dir = Path(state_dir).resolve()
         self.extra_settings = extra_settings or {}
         self.port: int | None = None
@@ -105,6 +120,11 @@ class EmbeddedPostgres:
         self.base = self._choose_base()
         self.data_dir = self.base / "data"
         self.password_file = self.state_dir / "postgres.password"
+        self.restarts = 0
+        self._stopping = False
+        self._backoff = Backoff(reactor)
+        self._restart_call = None
+        self._serving: SupervisedProcess | None = None  # supervised once it is ready
 
     def _choose_base(self) -> Path:
         base = self.state_dir / "postgres"
@@ -143,17 +163,18 @@ class EmbeddedPostgres:
         if self._as_root:
             os.chown(self.base, self._uid, self._gid)
 
-    def _spawn(self, proto, argv: list[str]) -> None:
+    def _spawn(self, proto, argv: list[str], death_signal: str) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
                "HOME": str(self.base)}
         kwargs = {}
         if self._as_root:
             kwargs = {"uid": self._uid, "gid": self._gid}
+        argv = detached(argv, death_signal)
         self.reactor.spawnProcess(proto, argv[0], argv, env=env, path=str(self.base), **kwargs)
 
     async def _run(self, argv: list[str]) -> None:
         proto = _server_process()
-        self._spawn(proto, argv)
+        self._spawn(proto, argv, "TERM")  # initdb removes its half-made cluster on TERM
         reason = await proto.ended
         if not isinstance(reason, error.ProcessDone):
             out = "\n".join(proto.lines)
@@ -182,28 +203,36 @@ class EmbeddedPostgres:
             pid = int(pidfile.read_text().split("\n", 1)[0])
         except (FileNotFoundError, ValueError):
             return
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        except FileNotFoundError:
-            return  # stale pid file; postgres removes it itself
-        if str(self.data_dir) not in cmdline:
-            return
-        log.warn("stopping a leftover embedded PostgreSQL (pid {pid})", pid=pid)
-        os.kill(pid, signal.SIGINT)
-        deadline = self.reactor.seconds() + STOP_TIMEOUT
-        while Path(f"/proc/{pid}").exists() and self.reactor.seconds() < deadline:
-            await deferLater(self.reactor, 0.1, lambda: None)
+        if not process_alive(pid) or str(self.data_dir) not in cmdline(pid):
+            return  # a stale pid file: postgres removes it itself
+        await stop_stray(self.reactor, pid, "embedded PostgreSQL", signal.SIGINT, STOP_TIMEOUT)
 
     async def start(self) -> str:
         """Initialise if needed, start, wait until it accepts connections; returns the DSN."""
         bindir = find_bindir()
         self._prepare_dirs()
+        self._stopping = False
         if not (self.data_dir / "PG_VERSION").exists():
             await self._initdb(bindir)
-        else:
-            await self._stop_stale()
         if self.port is None:
             self.port = free_port()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                await self._start_server(bindir)
+                break
+            except EmbeddedDatabaseError as e:
+                if attempt == START_ATTEMPTS or self._stopping:
+                    raise
+                delay = self._backoff.delay()
+                log.warn("embedded PostgreSQL did not start ({reason}); retrying in "
+                         "{delay:.0f}s", reason=str(e).splitlines()[0], delay=delay)
+                await deferLater(self.reactor, delay, lambda: None)
+        await self._ensure_database()
+        log.info("embedded PostgreSQL ready on 127.0.0.1:{port}", port=self.port)
+        return self.dsn
+
+    async def _start_server(self, bindir: Path) -> None:
+        await self._stop_stale()
         settings = {
             "listen_addresses": "127.0.0.1",
             "port": str(self.port),
@@ -216,11 +245,39 @@ class EmbeddedPostgres:
             argv += ["-c", f"{k}={v}"]
         proto = _server_process()
         self._proto = proto
-        self._spawn(proto, argv)
+        self._spawn(proto, argv, "INT")  # if we die: a fast shutdown, not an orphan
+        proto.ended.addCallback(self._exited, proto, bindir)
+        self._backoff.started()
         await self._wait_ready(proto)
-        await self._ensure_database()
-        log.info("embedded PostgreSQL ready on 127.0.0.1:{port}", port=self.port)
-        return self.dsn
+        self._serving = proto
+
+    def _exited(self, reason, proto: SupervisedProcess, bindir: Path) -> None:
+        """Supervision: a server that was serving and exits while we still want it is
+        restarted (a start that fails is retried by whoever started it)."""
+        if self._stopping or self._serving is not proto or not self.supervise:
+            return
+        self._serving = self._proto = None
+        self._schedule_restart(bindir, str(reason))
+
+    def _schedule_restart(self, bindir: Path, why: str) -> None:
+        delay = self._backoff.delay()
+        log.warn("embedded PostgreSQL is down ({why}); restarting in {delay:.0f}s",
+                 why=why, delay=delay)
+        self._restart_call = self.reactor.callLater(delay, self._restart, bindir)
+
+    def _restart(self, bindir: Path) -> defer.Deferred:
+        async def restart() -> None:
+            try:
+                await self._start_server(bindir)
+            except EmbeddedDatabaseError as e:
+                if not self._stopping:
+                    self._schedule_restart(bindir, str(e).splitlines()[0])
+                return
+            self.restarts += 1
+            log.info("embedded PostgreSQL restarted on 127.0.0.1:{port}", port=self.port)
+
+        self._restart_call = None
+        return defer.Deferred.fromCoroutine(restart())
 
     async def _wait_ready(self, proto: SupervisedProcess) -> None:
         import psycopg2
@@ -258,6 +315,11 @@ class EmbeddedPostgres:
 
     async def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating to SIGKILL if it does not exit in time."""
+        self._stopping = True
+        if self._restart_call is not None and self._restart_call.active():
+            self._restart_call.cancel()
+        self._restart_call = None
+        self._serving = None
         proto, self._proto = self._proto, None
         if proto is None or proto.ended.called:
             return

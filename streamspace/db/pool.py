@@ -89,6 +89,14 @@ class Database:
     def started(self) -> bool:
         return self._pool is not None
 
+    def pool_usage(self) -> dict[str, int] | None:
+        """{"size", "busy", "waiting"} for the metrics (None while not connected)."""
+        pool = self._pool
+        if pool is None:
+            return None
+        busy = max(0, pool.min - len(pool.connections))
+        return {"size": pool.min, "busy": busy, "waiting": len(pool._semaphore.waiting)}
+
     def _require(self) -> _Pool:
         if self._pool is None:
             raise DatabaseUnavailable("database not connected")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.logger import Logger
 
+from streamspace import metrics
 from streamspace.relay.link import MAX_MESSAGE
 
 log = Logger()
@@ -21,6 +22,7 @@ class Leg(WebSocketServerProtocol):
     _closing = False
 
     def onConnect(self, request):
+        metrics.websocket_opened(self, request.path)
         # noVNC offers `binary` (older versions) or nothing; answer in kind
         if "binary" in (request.protocols or []):
             return "binary"
@@ -50,6 +52,7 @@ class Leg(WebSocketServerProtocol):
                 self.transport.loseConnection()
 
     def onClose(self, wasClean: bool, code: int, reason: str | None) -> None:
+        metrics.websocket_closed(self)
         self._closing = True
         text = reason or f"closed ({code})"
         if self.link is not None:

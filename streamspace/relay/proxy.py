@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from autobahn.twisted.resource import WebSocketResource
-from prometheus_client import Counter, Gauge, Histogram
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from streamspace.auth import agent_tokens, tokens
 from streamspace.auth.bearer import parse_bearer
 from streamspace.db import audit, fleet
+from streamspace.metrics import TUNNEL_BYTES, TUNNEL_SECONDS, TUNNELS, TUNNELS_ACTIVE
 from streamspace.relay.legs import Leg, LegFactory
 from streamspace.relay.link import Link
 from streamspace.relay.rfb import ClientStreamParser
@@ -33,12 +33,6 @@ VNC_TOKEN_TYP = "vnc"
 VNC_TOKEN_LIFETIME = 60.0
 TUNNEL_ARRIVAL_TIMEOUT = 15.0
 ACTIVITY_WRITE_INTERVAL = 15.0
-
-TUNNELS = Counter("streamspace_vnc_tunnels_total", "VNC tunnels by outcome", ["outcome"])
-TUNNEL_BYTES = Counter("streamspace_vnc_bytes_total", "VNC bytes relayed", ["direction"])
-TUNNELS_ACTIVE = Gauge("streamspace_vnc_tunnels_active", "VNC tunnels open now")
-TUNNEL_SECONDS = Histogram("streamspace_vnc_tunnel_seconds", "VNC tunnel lifetimes",
-                           buckets=(1, 10, 60, 300, 1800, 3600, 4 * 3600, 12 * 3600))
 
 # Close codes a viewer may see (reason text says more)
 CLOSE_DENIED = 4001  # token missing/invalid/expired, wrong owner, bad origin

@@ -11,7 +11,7 @@ import uuid
 import pytest
 
 from tests.e2e.conftest import ADMIN_PASSWORD, login
-from tests.support.processes import REPO
+from tests.support.processes import REPO, TWISTD
 
 pytestmark = pytest.mark.slow
 
@@ -261,9 +261,10 @@ def test_admin_agents_list_filters_create_rotate_remove(page, server, shot):
     token = page.text_content("#agent-token")
     command = page.text_content("#agent-command")
     assert len(token) > 20
-    assert command == (f"AGENT_ID={agent_id} AGENT_TOKEN={token} "
-                       f"CONTROL_PLANE_URL={server.base} PLATFORM=kubernetes REGION=eu-west-1 "
-                       "twistd -n agent")
+    assert token not in command  # asked for at a prompt, never in argv or the environment
+    assert (f"AGENT_ID={agent_id} CONTROL_PLANE_URL={server.base} PLATFORM=kubernetes "
+            f"REGION=eu-west-1 AGENT_TOKEN_FILE=") in command
+    assert command.endswith(f"{TWISTD} --nodaemon --pidfile= agent"), command  # the venv's
     shot(page, "token-once")
     page.click("dialog button:has-text('Done')")
     row = f"#agents-table tr[data-agent-id='{agent_id}']"
@@ -304,6 +305,67 @@ def test_admin_agents_list_filters_create_rotate_remove(page, server, shot):
     assert page.locator(row).count() == 0
     code, _ = server.admin("GET", f"/api/v1/agents/{agent_id}")
     assert code == 404
+
+
+def test_the_add_agent_command_works_as_pasted(page, server, tmp_path):
+    """Issue 9 item 5: the command the dialog shows, pasted into a shell (elsewhere than the
+    checkout) and given the token at its prompt, starts an agent that comes online; the
+    token is in a 0600 file, not in the agent's argv or environment; no pidfile appears
+    in the checkout or the working directory."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.support.processes import descendants, wait_gone
+
+    agent_id = unique("pasted")
+    admin_page(page, "/admin/agents")
+    page.click("#add-agent")
+    page.fill("#new-agent-id", agent_id)
+    page.select_option("#new-agent-platform", "local")
+    page.click("#new-agent-submit")
+    token = page.text_content("#agent-token")
+    command = page.text_content("#agent-command")
+    page.click("dialog button:has-text('Done')")
+    home, cwd = tmp_path / "home", tmp_path / "somewhere"
+    home.mkdir()
+    cwd.mkdir()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home)}
+    shell = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+    agent_pids: set[int] = set()
+    try:
+        shell.stdin.write(token + "\n")
+        shell.stdin.flush()
+        wait_agent_online(server, agent_id)
+        agent_pids = descendants(shell.pid) | {shell.pid}
+        agent = next(p for p in agent_pids if b"agent" in _proc(p, "cmdline")
+                     and b"twistd" in _proc(p, "cmdline"))
+        assert token.encode() not in _proc(agent, "cmdline")
+        assert token.encode() not in _proc(agent, "environ")
+        token_file = home / ".streamspace-agents" / agent_id / "token"
+        assert token_file.read_text().strip() == token
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        assert (home / ".streamspace-agents" / agent_id / "state").is_dir()
+        assert not (REPO / "twistd.pid").exists() and not (cwd / "twistd.pid").exists()
+        assert list(cwd.iterdir()) == []
+    finally:
+        if shell.poll() is None:
+            os.killpg(shell.pid, signal.SIGTERM)
+        out, _ = shell.communicate(timeout=30)
+        assert wait_gone(agent_pids) == set()
+    assert token not in out  # the prompt did not echo it
+    assert not (REPO / "twistd.pid").exists()
+    server.admin("DELETE", f"/api/v1/agents/{agent_id}")
+
+
+def _proc(pid: int, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
 
 
 def test_admin_audit_filters(page, server, shot):

@@ -12,6 +12,7 @@ from twisted.internet import reactor
 
 from streamspace.db.embedded import EmbeddedPostgres
 from streamspace.db.service import DatabaseService
+from streamspace.metrics_endpoint import MetricsAccess
 from streamspace.web import ControlPlaneWeb, make_site
 from tests.conftest import run
 from tests.support.http import get_json, poll
@@ -33,7 +34,7 @@ def server(own_cluster):
     database = DatabaseService(reactor, None, 2, migrate=True, embedded=own_cluster)
     database.startService()
     run(_wait(database.ready))
-    site = make_site(ControlPlaneWeb(database))
+    site = make_site(ControlPlaneWeb(database, metrics_access=MetricsAccess(dev=True)))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
     yield f"http://127.0.0.1:{port.getHost().port}", database, own_cluster
     run(_wait(port.stopListening()))
@@ -116,3 +117,34 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_database_killed_is_restarted_and_ready_recovers(server):
+    """Issue 9 item 16: a dead embedded postmaster is restarted by the control plane
+    (with backoff, logged); /ready goes 503 then 200 with no manual restart."""
+    import os
+    import signal
+
+    from tests.support.processes import alive
+
+    url, database, cluster = server
+    first = cluster._proto.transport.pid
+    os.kill(first, signal.SIGKILL)
+
+    async def status():
+        code, _ = await get_json(url + "/ready")
+        return code
+
+    async def not_ready():
+        return await status() == 503
+
+    await poll(not_ready, interval=0.02, what="/ready to turn 503 once the database died")
+
+    async def ready():
+        return await status() == 200
+
+    await poll(ready, timeout=40, what="/ready to recover by itself")
+    assert cluster.restarts == 1
+    second = cluster._proto.transport.pid
+    assert second != first and alive(second) and not alive(first)

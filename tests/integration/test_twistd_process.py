@@ -8,9 +8,11 @@ import pytest
 
 from tests.support.http import wait_http
 from tests.support.processes import (
+    alive,
     database_url,
     descendants,
     free_port,
+    listening_addresses,
     stop,
     twistd,
     wait_gone,
@@ -100,18 +102,145 @@ def _wait_exit(proc, timeout=60):
 
 
 
-def test_make_run_mode_with_local_agent_and_a_session_stops_everything(state_dir):
+def test_make_run_mode_ctrl_c_stops_agent_then_database_quietly(state_dir):
     """`make run`'s configuration: embedded database, local agent, a running session.
-    Ctrl-C (SIGINT) must leave no postgres, agent, Xvnc or application process behind."""
-    import json
+    Ctrl-C at a terminal sends SIGINT to the whole foreground process group; only the
+    control plane must get it (issue 9 item 6): it stops the agent (SIGTERM), then the
+    database, prints no traceback, and leaves no postgres, agent, Xvnc or app behind."""
+    import os
     import signal
-    import urllib.request
 
     port = free_port()
-    proc = twistd("streamspace", ["--port", str(port), "--interface", "127.0.0.1"],
-                  {"STREAMSPACE_STATE_DIR": str(state_dir), "STREAMSPACE_LOCAL_AGENT": "1",
-                   "ADMIN_PASSWORD": "admin-password-1"})
-    base = f"http://127.0.0.1:{port}"
+    # its own session and process group, as a shell gives a foreground job
+    log_path = state_dir / "console.log"
+    with open(log_path, "w") as console:
+        proc = twistd("streamspace", ["--port", str(port)],
+                      {"STREAMSPACE_STATE_DIR": str(state_dir), "STREAMSPACE_LOCAL_AGENT": "1",
+                       "ADMIN_PASSWORD": "admin-password-1"}, start_new_session=True,
+                      stdout=console)
+    call = _caller(f"http://127.0.0.1:{port}")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
+        token = call("POST", "/api/v1/auth/login",
+                     {"username": "admin", "password": "admin-password-1"})["token"]
+        _poll(lambda: _agent_online(call, token), "the local agent to come online")
+        session = call("POST", "/api/v1/sessions", {"template": "terminal"}, token)
+        _poll(lambda: call("GET", f"/api/v1/sessions/{session['id']}", token=token)["state"]
+              == "running", "the session to run on the local agent")
+        children = descendants(proc.pid)
+        cmdlines = " ".join(_cmdline(p) for p in children)
+        assert "agent" in cmdlines and "Xvnc" in cmdlines and "postgres" in cmdlines
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal does on Ctrl-C...
+        _poll(lambda: "Received SIGINT" in _read(log_path), "the control plane to stop",
+              interval=0.01)
+        try:
+            os.killpg(proc.pid, signal.SIGINT)  # ...and again, as impatient people do
+        except ProcessLookupError:
+            pass  # it was quicker
+        proc.wait(timeout=60)
+    finally:
+        out = stop(proc, sig=signal.SIGINT)
+        out = _read(log_path)
+    assert proc.returncode in (0, -2), out
+    assert wait_gone(children) == set(), f"left behind: {children}\n{out[-3000:]}"
+    assert "Traceback" not in out and "Unhandled" not in out, out[-5000:]
+    shutdown = out[out.index("Received SIGINT"):]
+    agent_lines = [line for line in shutdown.splitlines() if "[agent]" in line]
+    assert any("Received SIGTERM" in line for line in agent_lines), shutdown
+    assert not any("SIGINT" in line for line in agent_lines), shutdown
+    assert shutdown.index("local agent stopped") < shutdown.index("embedded PostgreSQL stopped")
+    loud = [line for line in shutdown.splitlines()
+            if "#error]" in line or "#critical]" in line or "#warn]" in line]
+    assert loud == [], loud
+
+
+def test_sigkill_leaves_no_orphan_and_the_next_start_cleans_up_leftovers(state_dir):
+    """Issue 9 item 15: SIGKILL of `twistd streamspace --local-agent` takes its agent and
+    embedded PostgreSQL with it; and a restart finds what a previous run left anyway (an
+    agent of its state directory, a live postmaster of its cluster), stops it and starts
+    cleanly."""
+    import os
+    import signal
+    import subprocess
+
+    from twisted.internet import reactor
+
+    from streamspace.db.embedded import EmbeddedPostgres, find_bindir
+    from tests.support.processes import REPO, TWISTD
+
+    env = {"STREAMSPACE_STATE_DIR": str(state_dir), "STREAMSPACE_LOCAL_AGENT": "1",
+           "ADMIN_PASSWORD": "admin-password-1"}
+    port = free_port()
+    proc = twistd("streamspace", ["--port", str(port)], env)
+    call = _caller(f"http://127.0.0.1:{port}")
+    children: set[int] = set()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
+        token = call("POST", "/api/v1/auth/login",
+                     {"username": "admin", "password": "admin-password-1"})["token"]
+        _poll(lambda: _agent_online(call, token), "the local agent to come online")
+        children = descendants(proc.pid)
+        assert "agent" in " ".join(_cmdline(p) for p in children)
+        proc.kill()
+        proc.wait(timeout=10)
+        orphans = wait_gone(children, timeout=10)
+        assert orphans == set(), [(_cmdline(p), p) for p in orphans]
+    finally:
+        out = stop(proc)
+        for pid in wait_gone(children, timeout=0):
+            os.kill(pid, signal.SIGKILL)  # what this test started must not outlive it
+
+    # What an older or wedged run could leave: a live postmaster of our cluster, and an
+    # agent whose argv names our agent state directory.
+    cluster = EmbeddedPostgres(state_dir, reactor)  # only for its paths and binaries
+    pg_kwargs = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+    leftover_db = subprocess.Popen(
+        [str(find_bindir() / "postgres"), "-D", str(cluster.data_dir), "-c",
+         f"port={free_port()}", "-c", "listen_addresses=127.0.0.1",
+         "-c", "unix_socket_directories="], stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True, **pg_kwargs)
+    leftover_pg = leftover_db.pid
+    _poll(lambda: "ready" in _read(cluster.data_dir / "postmaster.pid"),
+          "the leftover postmaster to be up")
+    agent_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AGENT_ID": "local",
+                 "CONTROL_PLANE_URL": f"http://127.0.0.1:{free_port()}",
+                 "AGENT_TOKEN": "not-a-token", "PYTHONPATH": str(REPO)}
+    leftover_agent = subprocess.Popen(
+        [TWISTD, "--nodaemon", "--pidfile=", "agent", "--state-dir", str(state_dir / "agent")],
+        env=agent_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        _poll(lambda: "agent" in _cmdline(leftover_agent.pid), "the leftover agent to run")
+        proc = twistd("streamspace", ["--port", str(port)], env)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ready", timeout=90)
+            token = call("POST", "/api/v1/auth/login",
+                         {"username": "admin", "password": "admin-password-1"})["token"]
+            _poll(lambda: _agent_online(call, token), "the new local agent to come online")
+            assert leftover_agent.wait(timeout=30) is not None
+            assert leftover_db.wait(timeout=30) is not None and not alive(leftover_pg)
+        finally:
+            out = stop(proc)
+    finally:
+        for leftover in (leftover_agent, leftover_db):
+            if leftover.poll() is None:
+                leftover.kill()
+            leftover.wait()
+    assert "stopping a leftover local agent" in out, out[-3000:]
+    assert "stopping a leftover embedded PostgreSQL" in out, out[-3000:]
+    assert "Traceback" not in out
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _caller(base: str):
+    import json
+    import urllib.request
 
     def call(method, path, body=None, token=None):
         headers = {"Content-Type": "application/json"}
@@ -122,21 +251,7 @@ def test_make_run_mode_with_local_agent_and_a_session_stops_everything(state_dir
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.load(r)
 
-    try:
-        wait_http(base + "/ready", timeout=60)
-        token = call("POST", "/api/v1/auth/login",
-                     {"username": "admin", "password": "admin-password-1"})["token"]
-        _poll(lambda: _agent_online(call, token), "the local agent to come online")
-        session = call("POST", "/api/v1/sessions", {"template": "terminal"}, token)
-        _poll(lambda: call("GET", f"/api/v1/sessions/{session['id']}", token=token)["state"]
-              == "running", "the session to run on the local agent")
-        children = descendants(proc.pid)
-        cmdlines = " ".join(_cmdline(p) for p in children)
-        assert "agent" in cmdlines and "Xvnc" in cmdlines and "postgres" in cmdlines
-    finally:
-        out = stop(proc, sig=signal.SIGINT)
-    assert proc.returncode in (0, -2, -15), out
-    assert wait_gone(children) == set(), f"left behind: {children}\n{out[-3000:]}"
+    return call
 
 
 def _agent_online(call, token):
@@ -146,7 +261,7 @@ def _agent_online(call, token):
         return False
 
 
-def _poll(check, what, timeout=60.0):
+def _poll(check, what, timeout=60.0, interval=0.2):
     import time
 
     deadline = time.monotonic() + timeout
@@ -154,7 +269,7 @@ def _poll(check, what, timeout=60.0):
         value = check()
         if value:
             return value
-        time.sleep(0.2)  # a blocking test polling a subprocess, not reactor code
+        time.sleep(interval)  # a blocking test polling a subprocess, not reactor code
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -163,3 +278,71 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_dev_mode_listens_on_loopback_with_https_wss_and_separate_metrics(state_dir):
+    """Issue 9 item 3: dev mode binds 127.0.0.1 when LISTEN_ADDRESS is not given and the
+    banner says where it really listens; with --tls-cert/--tls-key the same port serves
+    HTTPS and WSS (the local agent connects over wss, trusting a private CA), and plain
+    HTTP gets nothing. METRICS_ADDRESS moves /metrics to its own port (item 4)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from tests.support.tls_certs import make_ca_and_server
+
+    ca, cert, key = make_ca_and_server(state_dir / "tls")
+    port, metrics_port = free_port(), free_port()
+    token = "metrics-token-for-tests-0123"
+    proc = twistd("streamspace", ["--port", str(port), "--tls-cert", str(cert),
+                                  "--tls-key", str(key)],
+                  {"STREAMSPACE_STATE_DIR": str(state_dir), "STREAMSPACE_LOCAL_AGENT": "1",
+                   "ADMIN_PASSWORD": "admin-password-1", "CONTROL_PLANE_CA_FILE": str(ca),
+                   "METRICS_ADDRESS": f"127.0.0.1:{metrics_port}", "METRICS_TOKEN": token})
+    tls = ssl.create_default_context(cafile=str(ca))
+    base = f"https://127.0.0.1:{port}"
+
+    def call(method, path, body=None, bearer=None, at=base):
+        import json
+
+        headers = {"Content-Type": "application/json"}
+        if bearer:
+            headers["Authorization"] = f"Bearer {bearer}"
+        req = urllib.request.Request(at + path, method=method, headers=headers,
+                                     data=json.dumps(body).encode() if body else None)
+        with urllib.request.urlopen(req, timeout=10, context=tls) as r:
+            raw = r.read()
+            return json.loads(raw) if r.headers["Content-Type"] == "application/json" else raw
+
+    try:
+        _poll(lambda: _answers(lambda: call("GET", "/ready")), "/ready over HTTPS")
+        assert listening_addresses(port) == {"127.0.0.1"}
+        assert listening_addresses(metrics_port) == {"127.0.0.1"}
+        admin = call("POST", "/api/v1/auth/login",
+                     {"username": "admin", "password": "admin-password-1"})["token"]
+        _poll(lambda: _answers(lambda: call("GET", "/api/v1/agents/local", bearer=admin)
+                               ["status"] == "online"), "the local agent online over wss")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+            raise AssertionError("plain HTTP was answered on the TLS port")
+        except (urllib.error.URLError, ConnectionError, OSError) as e:
+            assert not isinstance(e, urllib.error.HTTPError), e
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            call("GET", "/metrics", bearer=token)
+        assert refused.value.code == 404
+        scrape = call("GET", "/metrics", bearer=token, at=f"https://127.0.0.1:{metrics_port}")
+        assert b"streamspace_websocket_connections" in scrape
+        assert b"streamspace_agents{status=" in scrape
+    finally:
+        out = stop(proc)
+    assert f"listening on https://127.0.0.1:{port}" in out, out[-3000:]
+    assert f"metrics served on https://127.0.0.1:{metrics_port}/metrics" in out
+    assert token not in out
+    assert "Traceback" not in out
+
+
+def _answers(check):
+    try:
+        return check()
+    except OSError:  # not up yet (URLError is an OSError)
+        return False

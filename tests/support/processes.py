@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from streamspace.processes import process_alive as alive  # re-exported for the tests
+
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).parent / "twistd")
 
@@ -38,14 +40,6 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state != "Z"
-
-
 def wait_gone(pids: set[int], timeout: float = 20.0) -> set[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -61,7 +55,7 @@ def twistd(plugin: str, args: list[str], env: dict[str, str], **kwargs) -> subpr
                 "PYTHONPATH": str(REPO), **env}
     return subprocess.Popen(
         [TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace_common.logs.observer", plugin, *args],
-        env=full_env, cwd=kwargs.pop("cwd", str(REPO)), stdout=subprocess.PIPE,
+        env=full_env, cwd=kwargs.pop("cwd", str(REPO)), stdout=kwargs.pop("stdout", subprocess.PIPE),
         stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
@@ -81,3 +75,26 @@ def database_url(dsn: str) -> str:
     parts = {k: v.strip("'") for k, v in (item.split("=", 1) for item in dsn.split())}
     return (f"postgresql://{parts['user']}:{parts['password']}@{parts['host']}:{parts['port']}"
             f"/{parts['dbname']}")
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses with a TCP socket listening on `port` (from /proc/net/tcp*),
+    e.g. {"127.0.0.1"} or {"0.0.0.0"}."""
+    import ipaddress
+
+    found = set()
+    for table, size in (("/proc/net/tcp", 4), ("/proc/net/tcp6", 16)):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            address, hex_port = fields[1].split(":")
+            if fields[3] != "0A" or int(hex_port, 16) != port:  # 0A: LISTEN
+                continue
+            raw = bytes.fromhex(address)
+            # the kernel prints each 32-bit word in host (little-endian) order
+            words = b"".join(raw[i:i + 4][::-1] for i in range(0, size, 4))
+            found.add(str(ipaddress.ip_address(words)))
+    return found

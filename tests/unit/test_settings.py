@@ -96,3 +96,48 @@ def test_agent_options_from_environment():
     assert opts["platform"] == "local"
     assert opts["max_sessions"] == 50 and opts["max_cpu"] == 100.0
     assert opts["heartbeat_interval"] == 10.0
+
+
+def test_dev_mode_listens_on_loopback_unless_told_otherwise():
+    from streamspace.config import listen_interface, local_url, public_url
+
+    dev = parse(ServerOptions, [], {})
+    assert listen_interface(dev) == "127.0.0.1"
+    prod = parse(ServerOptions, [], {"DB_HOST": "db", "DB_USER": "u", "JWT_SECRET": "x" * 40})
+    assert listen_interface(prod) == "0.0.0.0" and local_url(prod) == "http://127.0.0.1:8080"
+    chosen = parse(ServerOptions, ["--interface", "::"], {"LISTEN_ADDRESS": "10.1.2.3"})
+    assert listen_interface(chosen) == "::" and local_url(chosen) == "http://[::1]:8080"
+    assert listen_interface(parse(ServerOptions, [], {"LISTEN_ADDRESS": "10.1.2.3"})) == \
+        "10.1.2.3"
+    assert public_url(dev) == "http://localhost:8080"
+
+
+def test_tls_metrics_and_admin_password_settings_are_checked(tmp_path):
+    from streamspace.config import host_port, public_url, uses_tls
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    cert.write_text("x")
+    key.write_text("x")
+    opts = parse(ServerOptions, ["--tls-cert", str(cert)], {"TLS_KEY": str(key)})
+    assert uses_tls(opts) and public_url(opts) == "https://localhost:8080"
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], {"TLS_CERT": str(cert), "METRICS_TOKEN": "short",
+                                  "METRICS_ADDRESS": "127.0.0.1:8080",
+                                  "ADMIN_PASSWORD": "admin"})
+    text = "\n".join(info.value.problems)
+    for needle in ("TLS_CERT/TLS_KEY: give both", "METRICS_TOKEN: must be at least 16",
+                   "METRICS_ADDRESS: must not be the address of PORT",
+                   "ADMIN_PASSWORD: the password must be at least 12"):
+        assert needle in text, text
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], {"LISTEN_ADDRESS": "localhost"})
+    assert info.value.problems == ["LISTEN_ADDRESS: 'localhost' is not an IP address"]
+    ok = parse(ServerOptions, [], {"LISTEN_ADDRESS": "10.0.0.1",
+                                   "METRICS_ADDRESS": "127.0.0.1:8080"})
+    assert ok["metrics_address"] == ("127.0.0.1", 8080)
+    assert host_port("9100") == (None, 9100)
+    assert host_port("[::1]:9100") == ("::1", 9100)
+    assert host_port("0.0.0.0:9100") == ("0.0.0.0", 9100)
+    for bad in ("host:9100", "0", "9100:", "x"):
+        with pytest.raises(ValueError):
+            host_port(bad)

@@ -111,3 +111,29 @@ async def test_agent_validation(client, db):
     assert await count(db, "agents") == 0
     assert (await client.post("/api/v1/agents/nope/token", token=at)).status == 404
     assert (await client.delete("/api/v1/agents/nope", token=at)).status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_capacity_is_validated_like_the_register_frame(client, db):
+    """Issue 9 item 8: the REST API accepted capacities that stopped the scheduler."""
+    at = token_for(await make_user(db, "root", role="admin"))
+    for capacity, words in (("4 cores", "must be an object"),
+                            ({"max_sessions": "x"}, "capacity.max_sessions must be a number"),
+                            ({"max_sessions": -2}, "between 0 and"),
+                            ({"max_cpu": True}, "capacity.max_cpu must be a number"),
+                            ({"cpu": "4000m"}, "unknown field(s) cpu")):
+        r = await client.post("/api/v1/agents", {"agent_id": "a1", "platform": "local",
+                                                 "capacity": capacity}, token=at)
+        assert r.status == 400 and words in r.json["error"]["message"], (capacity, r.body)
+    assert await count(db, "agents") == 0
+    r = await client.post("/api/v1/agents", {"agent_id": "a1", "platform": "local",
+                                             "capacity": {"max_sessions": 2}}, token=at)
+    assert r.status == 201, r.body
+    client.secrets.add(r.json["token"])
+    assert r.json["capacity"] == {"max_sessions": 2, "max_cpu": 0.0, "max_memory_gb": 0.0}
+    bad = await client.post("/api/v1/agents/register",
+                            {"agent_id": "a1", "capacity": {"max_sessions": "x"}},
+                            token=r.json["token"])
+    assert bad.status == 400
+    row = await agents_db.get_by_agent_id(db, "a1")
+    assert row["capacity"] == {"max_sessions": 2, "max_cpu": 0.0, "max_memory_gb": 0.0}

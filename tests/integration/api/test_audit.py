@@ -92,3 +92,19 @@ async def test_search_filters_and_paging(client, db):
         r = await client.get("/api/v1/audit" + bad, token=at)
         assert r.status == 400, bad
     assert (await client.get("/api/v1/audit", token=token_for(alice))).status == 403
+
+
+@pytest_twisted.ensureDeferred
+async def test_odd_cursors_and_time_zone_offsets_are_400s_not_500s(client, db):
+    """Issue 9 item 9: `cursor=²` and offsets that PostgreSQL refuses or that carry a
+    time out of range once applied answered 500."""
+    at = token_for(await make_user(db, "root", role="admin"))
+    for query in ("cursor=" + quote("²"), "cursor=" + quote("١٢"), "limit=" + quote("١٢"),
+                  "since=" + quote("9999-12-31T23:59:59-23:59"),
+                  "until=" + quote("1970-01-01T00:00:00+23:00")):
+        r = await client.get("/api/v1/audit?" + query, token=at)
+        assert r.status == 400 and r.code == "invalid_request", (query, r.body)
+    # an offset with seconds is a valid ISO 8601 time: answered, in UTC
+    r = await client.get("/api/v1/audit?since=" + quote("2026-01-01T00:00:00+05:30:15.5"),
+                         token=at)
+    assert r.status == 200, r.body

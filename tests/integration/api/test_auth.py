@@ -126,19 +126,64 @@ async def test_change_own_password_ends_older_tokens(client, db):
     assert ok.status == 200
 
 
+def _from(address: str) -> dict[str, str]:
+    return {"X-Forwarded-For": address}
+
+
 @pytest_twisted.ensureDeferred
-async def test_login_rate_limited_per_username_and_address(client, db):
+async def test_login_limit_is_per_address_and_account(client, db, ctx):
+    """Issue 9 item 18: guessing at an account from one address must neither lock its
+    owner out elsewhere nor lock out other users behind the attacker's address."""
+    ctx.trusted_proxies = ip_networks("127.0.0.1")  # X-Forwarded-For names the client
+    attacker, owner_addr = "198.51.100.66", "203.0.113.5"
     await make_user(db, "frank")
+    await make_user(db, "grace")
     for _ in range(10):
-        r = await client.post("/api/v1/auth/login", {"username": "frank", "password": "x"})
+        r = await client.post("/api/v1/auth/login", {"username": "frank", "password": "x"},
+                              headers=_from(attacker))
         assert r.status == 401
-    r = await client.post("/api/v1/auth/login", {"username": "frank", "password": PASSWORD})
+    r = await client.post("/api/v1/auth/login", {"username": "frank", "password": PASSWORD},
+                          headers=_from(attacker))
     assert r.status == 429 and r.code == "too_many_attempts"
     assert 1 <= int(r.header("Retry-After")) <= 60
-    # The same address is also blocked for any other username...
-    await make_user(db, "grace")
-    r = await client.post("/api/v1/auth/login", {"username": "grace", "password": PASSWORD})
+    # frank, from his own address, is not locked out...
+    ok = await client.post("/api/v1/auth/login", {"username": "frank", "password": PASSWORD},
+                           headers=_from(owner_addr))
+    assert ok.status == 200
+    # ...nor is grace, behind the attacker's address
+    ok = await client.post("/api/v1/auth/login", {"username": "grace", "password": PASSWORD},
+                           headers=_from(attacker))
+    assert ok.status == 200
+    # the refusal is audited once for its window, with the limit that refused it
+    again = await client.post("/api/v1/auth/login", {"username": "frank", "password": "x"},
+                              headers=_from(attacker))
+    assert again.status == 429
+    rows = await db.query("SELECT actor_name, target_id, client_addr, success, details "
+                          "FROM audit_log WHERE details->>'reason' = 'rate_limited'")
+    assert rows == [("frank", "frank", attacker, False,
+                     {"reason": "rate_limited", "scope": "account"})]
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_address_spraying_many_accounts_hits_the_address_ceiling(client, db, ctx):
+    ctx.trusted_proxies = ip_networks("127.0.0.1")
+    clock = Clock()
+    clock.advance(reactor.seconds())
+    client.api.login_limiter = LoginRateLimiter(clock, max_failures=3, address_ceiling=8)
+    await make_user(db, "heidi")
+    for i in range(8):
+        r = await client.post("/api/v1/auth/login", {"username": f"user{i}", "password": "x"},
+                              headers=_from("198.51.100.9"))
+        assert r.status == 401
+    r = await client.post("/api/v1/auth/login", {"username": "heidi", "password": PASSWORD},
+                          headers=_from("198.51.100.9"))
     assert r.status == 429
+    ok = await client.post("/api/v1/auth/login", {"username": "heidi", "password": PASSWORD},
+                           headers=_from("198.51.100.10"))
+    assert ok.status == 200
+    rows = await db.query("SELECT details->>'scope' FROM audit_log "
+                          "WHERE details->>'reason' = 'rate_limited'")
+    assert rows == [("address",)]
 
 
 @pytest_twisted.ensureDeferred
@@ -177,6 +222,7 @@ async def gather(*coros):
 async def test_limits_and_audit_use_the_forwarded_address_behind_a_trusted_proxy(
         client, db, ctx):
     ctx.trusted_proxies = ip_networks("127.0.0.1")
+    client.api.login_limiter = LoginRateLimiter(reactor, address_ceiling=10)
     await make_user(db, "judy")
     for i in range(10):
         r = await client.post("/api/v1/auth/login", {"username": f"u{i}", "password": "x"},

@@ -4,6 +4,9 @@ always JSON in the one error shape when it fails, and a refused request changes 
 from __future__ import annotations
 
 import os
+import re
+from datetime import datetime, timedelta, timezone
+from urllib.parse import quote_from_bytes
 
 import pytest
 import pytest_twisted
@@ -14,6 +17,7 @@ from twisted.internet import defer, reactor, threads
 from streamspace.api import agents, auth_routes, sessions, templates, users
 from streamspace.api.app import ROUTES
 from streamspace.api.body import Field
+from streamspace.api.openapi import document
 from tests.integration.api.support import (
     PASSWORD,
     make_agent,
@@ -66,6 +70,10 @@ def valid(field: Field):
     elif field.kind == "string_map":
         base = st.dictionaries(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True),
                                st.text(max_size=10), max_size=3)
+    elif field.custom is agents.check_capacity:
+        base = st.fixed_dictionaries({}, optional={
+            "max_sessions": st.integers(0, 50), "max_cpu": st.floats(0, 64),
+            "max_memory_gb": st.floats(0, 256)})
     elif field.custom is not None:  # platforms
         base = st.dictionaries(
             st.sampled_from(["local", "kubernetes", "docker", "Bad"]),
@@ -175,6 +183,78 @@ async def test_no_body_makes_a_5xx(endpoint, client, db, world):
                 if endpoint in AUDITS_FAILURES:
                     before, after = before[:-1], after[:-1]
                 assert before == after, (endpoint, payload, r.status, r.body)
+
+        threads.blockingCallFromThread(reactor, lambda: defer.Deferred.fromCoroutine(attempt()))
+
+    await threads.deferToThread(run)
+
+
+# --- query strings of every GET route --------------------------------------------------
+
+GETS = sorted(endpoint for method, _, _, endpoint in ROUTES if method == "GET")
+_DOC = document()
+
+
+def _query_names(template: str) -> list[str]:
+    op = _DOC["paths"][re.sub(r"<([^>]+)>", r"{\1}", template)]["get"]
+    return [p["name"] for p in op.get("parameters", []) if p["in"] == "query"]
+
+
+OFFSETS = st.builds(lambda h, m, s, us, sign: timezone(sign * timedelta(
+    hours=h, minutes=m, seconds=s, microseconds=us)),
+    st.integers(0, 23), st.integers(0, 59), st.sampled_from([0, 0, 1, 59]),
+    st.sampled_from([0, 0, 1, 999999]), st.sampled_from([1, -1]))
+TIMES = st.builds(lambda when, tz, sep: when.replace(tzinfo=tz).isoformat(sep=sep),
+                  st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+                  OFFSETS | st.none(), st.sampled_from(["T", " "]))
+TRICKY = st.sampled_from([
+    "²", "١٢٣", "𝟗", "Ⅻ", "-1", "+1", "1e9", " 1", "1 ", "0x10", "9" * 19, "9" * 40, "",
+    "true", "TRUE", "null", "*", "session.*", "%", "_", "\\", "'", "\"", "a" * 2000,
+    "9999-12-31T23:59:59-23:59", "0001-01-01T00:00:00+23:59", "2026-02-30", "2026-01-01T25:00",
+    "2026-01-01T00:00:00+24:00", "2026-01-01T00:00:00Z", "2026-01-01 00:00:00 05:30",
+    "00000000-0000-0000-0000-000000000000", "00000000-0000-0000-0000-00000000000G",
+])
+# digits of every script (`²`, `١`, `𝟗`): str.isdigit() and \\d take them, int() may not
+DIGITS = st.text(st.characters(categories=["Nd", "No", "Nl"]), min_size=1, max_size=4)
+QUERY_VALUES = st.one_of(TRICKY, TIMES, DIGITS, st.text(max_size=24), st.binary(max_size=24),
+                         st.integers(-(2**70), 2**70).map(str))
+
+
+def _encode(value) -> str:
+    raw = value if isinstance(value, bytes) else value.encode("utf-8", "surrogatepass")
+    return quote_from_bytes(raw, safe="")
+
+
+def queries(endpoint: str):
+    """The route's documented parameters (each present about half the time, so several
+    odd values meet in one request), plus parameters nobody documented."""
+    template = next(p for m, p, _, e in ROUTES if e == endpoint and m == "GET")
+    known = st.fixed_dictionaries({}, optional={n: QUERY_VALUES
+                                                for n in _query_names(template)})
+    junk_keys = st.sampled_from(["cursor", "limit", "x", "", "since"]) | st.text(max_size=6)
+    junk = st.lists(st.tuples(junk_keys, QUERY_VALUES), max_size=2)
+    return st.builds(lambda k, j: [*k.items(), *j], known, junk)
+
+
+@pytest.mark.parametrize("endpoint", GETS)
+@pytest_twisted.ensureDeferred
+async def test_no_query_string_makes_a_5xx(endpoint, client, db, world):
+    """Issue 9 item 9: whatever query a client sends to a GET route (time zones with
+    seconds, digits of other scripts such as `cursor=²`, invalid UTF-8, huge numbers),
+    the answer is never a 5xx and is in the documented shape."""
+    template = next(p for m, p, _, e in ROUTES if e == endpoint and m == "GET")
+    path = _path(template, world["paths"])
+    who = world["owner"] if endpoint.startswith("sessions.") else world["admin"]
+
+    @settings(max_examples=EXAMPLES * 2, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(query=queries(endpoint))
+    def run(query):
+        qs = "&".join(f"{_encode(k)}={_encode(v)}" for k, v in query)
+
+        async def attempt():
+            await client.get(path + ("?" + qs if qs else ""), token=token_for(who))
 
         threads.blockingCallFromThread(reactor, lambda: defer.Deferred.fromCoroutine(attempt()))
 

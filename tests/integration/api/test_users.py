@@ -103,3 +103,37 @@ async def test_user_validation(client, db):
     assert await count(db, "users") == 1
     for bad in ("x", "00000000-0000-0000-0000-000000000000"):
         assert (await client.get(f"/api/v1/users/{bad}", token=at)).status == 404
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_policy_on_create_reset_and_change(client, db):
+    """Issue 9 item 18: at least 12 characters and not the username, wherever a password
+    is set; the refused request changes nothing."""
+    at = token_for(await make_user(db, "root", role="admin"))
+    eleven = "a-b-c-d-e-f"
+    for body, words in (({"username": "olga", "password": eleven}, "at least 12"),
+                        ({"username": "olga-the-great", "password": "OLGA-the-great"},
+                         "must not be the username")):
+        r = await client.post("/api/v1/users", body, token=at)
+        assert r.status == 400 and words in r.json["error"]["message"], r.body
+    assert await count(db, "users", "username LIKE 'olga%%'") == 0
+    twelve = "a-b-c-d-e-f-"
+    r = await client.post("/api/v1/users", {"username": "olga-the-great", "password": twelve},
+                          token=at)
+    assert r.status == 201, r.body
+    user_id = r.json["id"]
+    before = await db.query("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+    for password in (eleven, "olga-the-great"):
+        r = await client.patch(f"/api/v1/users/{user_id}", {"password": password}, token=at)
+        assert r.status == 400 and r.code in ("weak_password", "invalid_request"), r.body
+    login = await client.post("/api/v1/auth/login",
+                              {"username": "olga-the-great", "password": twelve})
+    assert login.status == 200
+    own = login.json["token"]
+    for password in (eleven, " Olga-The-Great "):
+        r = await client.post("/api/v1/auth/password",
+                              {"current_password": twelve, "new_password": password},
+                              token=own)
+        assert r.status == 400, r.body
+    after = await db.query("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+    assert before == after

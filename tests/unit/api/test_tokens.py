@@ -63,20 +63,26 @@ def test_agent_tokens():
 
 def test_rate_limiter_window_and_forgiveness():
     clock = Clock()
-    limiter = LoginRateLimiter(clock, max_failures=3, window=60)
-    keys = ("user:a", "addr:1")
+    limiter = LoginRateLimiter(clock, max_failures=3, window=60, address_ceiling=5)
     for _ in range(3):
-        assert limiter.retry_after(keys) is None
-        limiter.begin(keys)
+        assert limiter.refusal("10.0.0.1", "a") is None
+        limiter.begin("10.0.0.1", "a")
         clock.advance(10)
-    assert limiter.retry_after(keys) == 30  # the first failure leaves the window at t=60
-    assert limiter.retry_after(("user:b", "addr:2")) is None
-    assert limiter.retry_after(("user:b", "addr:1")) == 30  # same address
+    refusal = limiter.refusal("10.0.0.1", "a")
+    # the first failure leaves the window at t=60; this refusal is the one to audit
+    assert (refusal.retry_after, refusal.scope, refusal.first) == (30, "account", True)
+    assert limiter.refusal("10.0.0.1", "a").first is False
+    assert limiter.refusal("10.0.0.2", "a") is None  # the account, from elsewhere
+    assert limiter.refusal("10.0.0.1", "b") is None  # another account, same address
+    limiter.begin("10.0.0.1", "b")
+    limiter.begin("10.0.0.1", "c")
+    refusal = limiter.refusal("10.0.0.1", "d")  # 5 failures: the address ceiling
+    assert refusal.scope == "address" and refusal.first
     clock.advance(30)
-    assert limiter.retry_after(keys) is None
-    stamp = limiter.begin(keys)
-    limiter.succeeded(keys, stamp)  # a success does not count
-    assert len(limiter._hits["user:a"]) == 2
+    assert limiter.refusal("10.0.0.1", "a") is None
+    stamp = limiter.begin("10.0.0.1", "a")
+    limiter.succeeded("10.0.0.1", "a", stamp)  # a success does not count
+    assert len(limiter._hits["pair:10.0.0.1\x00a"]) == 2
 
 
 def test_rate_limiter_forgets_stale_keys(monkeypatch):
@@ -86,10 +92,10 @@ def test_rate_limiter_forgets_stale_keys(monkeypatch):
     clock = Clock()
     limiter = LoginRateLimiter(clock, max_failures=3, window=60)
     for i in range(25):
-        limiter.begin((f"user:{i}",))
+        limiter.begin("10.0.0.1", f"user{i}")
         clock.advance(1)
     assert len(limiter._hits) <= 10
     clock.advance(120)
-    limiter.begin(("user:new",))
-    limiter.begin(("user:x",))
+    limiter.begin("10.0.0.2", "new")
+    limiter.begin("10.0.0.3", "x")
     assert len(limiter._hits) <= 10
