@@ -16,7 +16,7 @@ VENV="${VENV:-$here/.venv}"
 # Packages the product needs to run: PostgreSQL (embedded database), TigerVNC (local
 # sessions), the applications of the default catalog, Node/npm (installs noVNC).
 run_pkgs=(postgresql tigervnc-standalone-server xterm icewm chromium x11-utils
-          fonts-dejavu-core fonts-noto-color-emoji xfonts-base procps)
+          fonts-dejavu-core fonts-noto-color-emoji xfonts-base procps bubblewrap)
 # Node may come from elsewhere (e.g. nodesource's nodejs bundles npm and conflicts with
 # Debian's npm): only ask Debian for it when the commands are missing.
 command -v npm >/dev/null 2>&1 || run_pkgs+=(nodejs npm)
