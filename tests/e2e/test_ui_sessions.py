@@ -142,9 +142,11 @@ def test_catalog_session_reaches_running_and_the_viewer_shows_the_desktop(
     assert before["distinct"] >= 2, before
 
     # keys reach the session: the terminal runs what is typed
-    marker = Path("/tmp") / f"streamspace-e2e-{uuid.uuid4().hex}"
+    # (the session's /tmp is private: on the host it is its sandbox's tmp/)
+    name = f"streamspace-e2e-{uuid.uuid4().hex}"
+    marker = server.state_dir / "agent" / "sessions" / sid / "sandbox" / "tmp" / name
     viewer.click("#vnc canvas")
-    viewer.keyboard.type(f"echo typed-in-the-browser && touch {marker}")
+    viewer.keyboard.type(f"echo typed-in-the-browser && touch /tmp/{name}")
     viewer.keyboard.press("Enter")
     deadline = time.monotonic() + 15
     while not marker.exists() and time.monotonic() < deadline:

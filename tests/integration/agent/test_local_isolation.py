@@ -32,6 +32,7 @@ from tests.support.xvnc_sessions import (
     distinct_colours,
     inner_pids,
     kill_leftovers,
+    remove_account,
     session_accounts,
     session_pids,
     uid_of,
@@ -293,3 +294,82 @@ async def test_display_files_of_an_agent_killed_mid_start_are_cleaned_on_its_nex
     assert session_accounts(state) == []  # the killed agent's account went too
     second.send_signal(signal.SIGTERM)
     await until(lambda: second.poll() is not None, 20, what="twistd exiting")
+
+
+@pytest.fixture
+def unprivileged_agent_user():
+    """An unprivileged Unix user to run a real `twistd agent` as (an operator running the
+    agent as themselves), with a state directory of its own; removed afterwards with
+    everything that ran as it."""
+    import secrets
+    import shutil
+    import subprocess
+    import tempfile
+
+    name = f"sst-{secrets.token_hex(4)}"
+    subprocess.run(["/usr/sbin/useradd", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    "--user-group", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0",
+                    name], check=True, capture_output=True)
+    entry = pwd.getpwnam(name)
+    base = Path(tempfile.mkdtemp(prefix="ss-nonroot-"))
+    os.chmod(base, 0o755)
+    state = base / "agent"
+    state.mkdir()
+    os.chown(state, entry.pw_uid, entry.pw_gid)
+    try:
+        yield SimpleNamespace(name=name, uid=entry.pw_uid, gid=entry.pw_gid, state=state)
+    finally:
+        kill_leftovers(state)
+        remove_account(name, entry.pw_uid)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_agent_that_is_not_root_runs_sessions_of_one_user_and_says_why(
+        control_plane, unprivileged_agent_user, processes, tmp_path):
+    import subprocess
+
+    from tests.integration.agent.test_agent_sessions import REPO, TWISTD, agent_env
+
+    who = unprivileged_agent_user
+    env = agent_env(control_plane, who.state)
+    os.chown(who.state.parent / "token", who.uid, who.gid)
+    log = tmp_path / "agent.log"
+    with open(log, "ab") as out:
+        agent = subprocess.Popen(
+            ["/usr/bin/setpriv", f"--reuid={who.uid}", f"--regid={who.gid}", "--clear-groups",
+             TWISTD, "--nodaemon", "--pidfile=", "--logger=streamspace_common.logs.observer",
+             "agent"], env=env, cwd=str(REPO), stdout=out, stderr=subprocess.STDOUT)
+    processes.append(agent)
+    await control_plane.wait_connected(timeout=30)
+    # the warning at start-up says why sessions are not isolated
+    assert "runs sessions of one user at a time" in log.read_text()
+    assert "does not run as root" in log.read_text()
+
+    alice = {"id": "u-alice", "username": "alice"}
+    first = control_plane.command("start_session", "s-alice",
+                                  {"template": TEMPLATE, "user": alice, "name": ""})
+    assert (await control_plane.outcome(first, 30))["type"] == "complete"
+    # it runs as the agent's own user (never root), in an unprivileged sandbox
+    [xterm] = await until(lambda: inner_pids(who.state, "s-alice", "xterm"), 10,
+                          what="alice's xterm")
+    assert uid_of(xterm) == who.uid
+    assert os.readlink(f"/proc/{xterm}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    # a second user is refused, with the reason, and nothing of theirs starts
+    bob = {"id": "u-bob", "username": "bob"}
+    second = control_plane.command("start_session", "s-bob",
+                                   {"template": TEMPLATE, "user": bob, "name": ""})
+    refused = await control_plane.outcome(second, 30)
+    assert refused["type"] == "failed"
+    assert "already runs sessions of another user" in refused["payload"]["reason"]
+    assert "does not run as root" in refused["payload"]["reason"]
+    assert session_pids(who.state, "s-bob") == []
+    # once alice's session has ended, bob's may run
+    stop = control_plane.command("stop_session", "s-alice", {})
+    assert (await control_plane.outcome(stop, 30))["type"] == "complete"
+    third = control_plane.command("start_session", "s-bob",
+                                  {"template": TEMPLATE, "user": bob, "name": ""})
+    assert (await control_plane.outcome(third, 30))["type"] == "complete"
+    agent.send_signal(signal.SIGTERM)
+    await until(lambda: agent.poll() is not None, 20, what="twistd exiting")
+    assert session_pids(who.state) == []
