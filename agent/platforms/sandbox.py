@@ -2,7 +2,7 @@
 
 Each session process (its Xvnc, its application) runs as
 
-    setsid bwrap --args 3        # the arguments come through fd 3: none show in `ps`
+    setsid bwrap --args 3        # mounts and environment come through fd 3, out of `ps`
       <read-only /usr, /etc, /opt; /bin, /lib... as on the host>
       --proc /proc --dev /dev --tmpfs /dev/shm     # its own pid namespace's /proc
       --bind <session>/sandbox/tmp /tmp            # a private /tmp, shared by its processes
