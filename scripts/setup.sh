@@ -18,7 +18,7 @@ VENV="${VENV:-$here/.venv}"
 # util-linux (setsid and setpriv: supervised children in their own session, signalled
 # when the control plane dies).
 run_pkgs=(postgresql tigervnc-standalone-server xterm icewm chromium x11-utils
-          fonts-dejavu-core fonts-noto-color-emoji xfonts-base procps util-linux)
+          fonts-dejavu-core fonts-noto-color-emoji xfonts-base procps util-linux bubblewrap)
 # Node may come from elsewhere (e.g. nodesource's nodejs bundles npm and conflicts with
 # Debian's npm): only ask Debian for it when the commands are missing.
 command -v npm >/dev/null 2>&1 || run_pkgs+=(nodejs npm)

@@ -1,14 +1,20 @@
 """On-disk state of the local driver: session records, logs and homes.
 
-Layout under the agent's state directory:
+Layout under the agent's state directory (every directory 0700, the agent's own):
 
     sessions/<session_id>/session.json   who/what the session is, its state and pids
     sessions/<session_id>/xvnc.log       Xvnc output;  app.log: the template command's
+    sessions/<session_id>/sandbox/       made afresh at each (re)start, removed at stop:
+        tmp/                             the session's private /tmp (X socket and lock)
+        vnc/rfb.sock                     its Xvnc's RFB socket
+        Xauthority                       its X display's cookie
     homes/sessions/<session_id>          HOME of a session without a persistent home
     homes/users/<user_id>/<template>     HOME kept for a user and template (persistent_home)
 
-The record survives hibernate (and agent restarts), so wake finds the same home again.
-Large trees are deleted off the reactor thread (a browser profile can be big).
+What the session's account must use (its home, tmp/, vnc/, Xauthority) is owned by that
+account; everything else stays the agent's, so a session reaches only what its sandbox
+mounts. The record survives hibernate (and agent restarts), so wake finds the same home
+again. Large trees are deleted (and re-owned) off the reactor thread.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Any
 from twisted.internet import defer, threads
 
 from agent.platforms.base import DriverError, SessionTemplate, UserRef
+
+Owner = tuple[int, int]  # (uid, gid) of a session's account; None: the agent's own user
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -70,10 +78,46 @@ class LocalStore:
             return self.homes_dir / "users" / user.id / template.name
         return self.homes_dir / "sessions" / session_id
 
-    def prepare(self, record: SessionRecord) -> None:
-        self.run_dir(record.session_id).mkdir(parents=True, exist_ok=True, mode=0o700)
-        Path(record.home).mkdir(parents=True, exist_ok=True, mode=0o700)
+    def sandbox_dir(self, session_id: str) -> Path:
+        return self.run_dir(session_id) / "sandbox"
+
+    def prepare(self, record: SessionRecord, owner: Owner | None, reown: bool = False
+                ) -> defer.Deferred[None]:
+        """The record's directories, its home owned by `owner`: a kept home is re-owned
+        (the whole tree, off the reactor) when `reown` (the user's account is new) or when
+        it belonged to another uid."""
+        for path in (self.sessions_dir, self.homes_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.run_dir(record.session_id).mkdir(exist_ok=True, mode=0o700)
+        home = Path(record.home)
+        home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.save(record)
+        if owner is None or (not reown and home.stat().st_uid == owner[0]):
+            return defer.succeed(None)
+        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                         _chown_tree, home, owner)
+
+    def fresh_sandbox(self, session_id: str, owner: Owner | None) -> SandboxPaths:
+        """A new sandbox/ for a (re)start: an empty private /tmp, a VNC socket directory
+        and a new X cookie, owned by the session's account."""
+        self.discard_sandbox(session_id)
+        paths = SandboxPaths(self.sandbox_dir(session_id))
+        paths.root.mkdir(mode=0o700)
+        for path in (paths.tmp, paths.vnc):
+            path.mkdir(mode=0o700)
+            if owner is not None:
+                os.chown(path, *owner)
+        x11 = paths.tmp / ".X11-unix"
+        x11.mkdir()
+        os.chmod(x11, 0o1777)  # as on a host: sticky, writable by the X server
+        from agent.platforms.xvnc import write_xauthority
+
+        write_xauthority(paths.xauthority, owner)
+        return paths
+
+    def discard_sandbox(self, session_id: str) -> defer.Deferred[None]:
+        """Remove a session's sandbox/ (its /tmp, stale X lock and sockets included)."""
+        return self._remove_trees([self.sandbox_dir(session_id)])
 
     def save(self, record: SessionRecord) -> None:
         """Write atomically (temp file + rename): a crash never leaves half a record."""
@@ -129,3 +173,32 @@ class LocalStore:
                 shutil.rmtree(path, ignore_errors=True)
 
         return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), delete)
+
+
+@dataclass(frozen=True)
+class SandboxPaths:
+    root: Path
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def vnc(self) -> Path:
+        return self.root / "vnc"
+
+    @property
+    def xauthority(self) -> Path:
+        return self.root / "Xauthority"
+
+
+def _chown_tree(top: Path, owner: Owner) -> None:
+    """Give a kept home to the user's current account (symlinks themselves, not targets)."""
+    uid, gid = owner
+    os.lchown(top, uid, gid)
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            try:
+                os.lchown(os.path.join(dirpath, name), uid, gid)
+            except OSError:
+                pass

@@ -5,12 +5,17 @@ Each process is started as `setsid <argv>`: `setsid(1)` calls setsid(2) and exec
 is also the process-group id and signalling `-pid` reaches everything the app started.
 Output goes straight to a log file (no pipe the reactor has to drain), and the last lines
 of that file make a readable reason when a process dies.
+
+A process may say how it is asked to stop (`polite_stop`): a bubblewrap sandbox is asked by
+signalling what runs inside it, since bwrap itself dies at once on SIGTERM and takes the
+sandbox down with SIGKILL.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet import defer
@@ -29,6 +34,9 @@ class GroupProcess(ProcessProtocol):
         self.log_path = log_path
         self.pid: int | None = None
         self.ended: BaseException | None = None
+        self.polite_stop: Callable[[], None] | None = None
+        # bwrap exits with 128+N when what it runs is killed by signal N
+        self.signal_in_status = False
         self._waiters: list[defer.Deferred[BaseException]] = []
 
     def connectionMade(self) -> None:
@@ -62,7 +70,7 @@ class GroupProcess(ProcessProtocol):
             pass
 
     def exit_description(self) -> str:
-        return describe_exit(self.ended)
+        return describe_exit(self.ended, self.signal_in_status)
 
     def log_tail(self, limit: int = 400) -> str:
         """The end of the process's output, one line, for a failure reason."""
@@ -79,32 +87,38 @@ class GroupProcess(ProcessProtocol):
         return text[-limit:]
 
 
-def describe_exit(ended: BaseException | None) -> str:
+def describe_exit(ended: BaseException | None, signal_in_status: bool = False) -> str:
     if ended is None:
         return "is still running"
     if isinstance(ended, ProcessDone):
         return "exited normally"
     if isinstance(ended, ProcessTerminated):
-        if ended.signal is not None:
+        signum = ended.signal
+        if signum is None and signal_in_status and (ended.exitCode or 0) > 128:
+            signum = ended.exitCode - 128
+        if signum is not None:
             try:
-                name = signal.Signals(ended.signal).name
+                name = signal.Signals(signum).name
             except ValueError:
-                name = f"signal {ended.signal}"
+                name = f"signal {signum}"
             return f"was killed by {name}"
         return f"exited with status {ended.exitCode}"
     return f"ended ({ended})"
 
 
 def spawn_in_group(reactor, name: str, argv: list[str], env: dict[str, str], cwd: str,
-                   log_path: Path) -> GroupProcess:
-    """Start `argv` in a new session/process group, output appended to `log_path`."""
+                   log_path: Path, extra_fds: dict[int, int] | None = None) -> GroupProcess:
+    """Start `argv` in a new session/process group, output appended to `log_path`.
+
+    `extra_fds` maps child fd numbers (3 and up) to open fds of ours, which the caller
+    still owns and closes."""
     proto = GroupProcess(name, log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     null_fd = os.open(os.devnull, os.O_RDONLY)
     try:
         reactor.spawnProcess(proto, SETSID, [SETSID, *argv], env=env, path=cwd,
-                             childFDs={0: null_fd, 1: log_fd, 2: log_fd})
+                             childFDs={0: null_fd, 1: log_fd, 2: log_fd, **(extra_fds or {})})
     finally:
         os.close(log_fd)
         os.close(null_fd)
@@ -117,7 +131,10 @@ async def terminate_group(proc: GroupProcess, clock, grace: float = 5.0) -> None
     A last SIGKILL to the group catches stragglers that outlived the leader.
     """
     if proc.running:
-        proc.signal_group(signal.SIGTERM)
+        if proc.polite_stop is not None:
+            proc.polite_stop()
+        else:
+            proc.signal_group(signal.SIGTERM)
         waited = proc.wait()
         waited.addTimeout(grace, clock)
         try:
@@ -147,6 +164,24 @@ def pids_with_environ(*markers: str) -> list[int]:
             continue
         if all(b"\0" + m in b"\0" + environ for m in wanted):
             found.append(int(entry.name))
+    return found
+
+
+def pids_of_uid(uid: int) -> list[int]:
+    """Pids of processes whose real user id is `uid` (from /proc/<pid>/status)."""
+    found: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"Uid:"):
+                        if int(line.split()[1]) == uid:
+                            found.append(int(entry.name))
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
     return found
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -142,9 +141,11 @@ def test_catalog_session_reaches_running_and_the_viewer_shows_the_desktop(
     assert before["distinct"] >= 2, before
 
     # keys reach the session: the terminal runs what is typed
-    marker = Path("/tmp") / f"streamspace-e2e-{uuid.uuid4().hex}"
+    # (the session's /tmp is private: on the host it is its sandbox's tmp/)
+    name = f"streamspace-e2e-{uuid.uuid4().hex}"
+    marker = server.state_dir / "agent" / "sessions" / sid / "sandbox" / "tmp" / name
     viewer.click("#vnc canvas")
-    viewer.keyboard.type(f"echo typed-in-the-browser && touch {marker}")
+    viewer.keyboard.type(f"echo typed-in-the-browser && touch /tmp/{name}")
     viewer.keyboard.press("Enter")
     deadline = time.monotonic() + 15
     while not marker.exists() and time.monotonic() < deadline:
@@ -183,9 +184,10 @@ def test_catalog_session_reaches_running_and_the_viewer_shows_the_desktop(
 
     # clipboard to the session: sent text becomes the X selection; a middle click pastes it
     # into the shell, which then runs it
-    pasted = Path("/tmp") / f"streamspace-clip-{uuid.uuid4().hex}"
+    clip = f"streamspace-clip-{uuid.uuid4().hex}"
+    pasted = marker.parent / clip  # the session's /tmp, as the host sees it
     viewer.click("#btn-clipboard")
-    viewer.fill("#clipboard-text", str(pasted))
+    viewer.fill("#clipboard-text", f"/tmp/{clip}")
     viewer.click("#clipboard-send")
     viewer.wait_for_selector("#toasts :text(\"Sent to the session's clipboard.\")")
     viewer.evaluate("window.streamspaceViewer.rfb.focus()")

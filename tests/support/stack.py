@@ -20,7 +20,7 @@ from streamspace import tap
 from streamspace.config import ServerOptions
 from tests.support.http import poll
 from tests.support.processes import REPO, TWISTD, database_url, free_port
-from tests.support.xvnc_sessions import kill_leftovers, session_pids
+from tests.support.xvnc_sessions import inner_pids, kill_leftovers
 
 ADMIN_PASSWORD = "admin-password-for-tests"
 
@@ -199,8 +199,7 @@ class Stack:
                 agent.proc.wait()
 
     def xvnc_count(self, agent: AgentProcess, session_id: str) -> int:
-        return len([p for p in session_pids(agent.state_dir, session_id)
-                    if b"Xvnc" in Path(f"/proc/{p}/cmdline").read_bytes()])
+        return len(inner_pids(agent.state_dir, session_id, "Xvnc"))
 
     def cleanup_agents(self) -> list[int]:
         """Stop every agent (SIGTERM: they stop their sessions), then sweep: whatever still

@@ -1,20 +1,24 @@
-"""Helpers for tests that run real Xvnc sessions: leak sweeps and a real VNC client.
+"""Helpers for tests that run real Xvnc sessions: leak sweeps, a real VNC client, and the
+session accounts and sandboxes the local driver makes.
 
 Every process a local driver starts carries STREAMSPACE_AGENT_DIR=<its state dir> in its
-environment, so a test can find (and kill) everything it started, even after a failure.
+environment, and every account it creates carries its agent's tag, so a test can find (and
+remove) everything it started, even after a failure.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
-from twisted.internet import reactor
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from agent.platforms.procgroup import pids_with_environ
+from agent.platforms.local_accounts import accounts_of, agent_tag
+from agent.platforms.procgroup import pids_of_uid, pids_with_environ
 
 VNCDO = str(Path(sys.executable).parent / "vncdo")
 
@@ -26,27 +30,123 @@ def session_pids(state_dir: Path, session_id: str | None = None) -> list[int]:
     return pids_with_environ(*markers)
 
 
+def session_accounts(state_dir: Path) -> list[str]:
+    """Names of the Unix accounts the agent of `state_dir` has now."""
+    return [p.pw_name for p in accounts_of(agent_tag(state_dir))]
+
+
 def kill_leftovers(state_dir: Path) -> list[int]:
-    """SIGKILL whatever is still running for `state_dir`; returns what it found."""
+    """SIGKILL whatever is still running for `state_dir` and remove its accounts (kept
+    homes keep accounts while an agent runs; a test's agent is gone); returns the pids."""
     left = session_pids(state_dir)
     for pid in left:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    for entry in accounts_of(agent_tag(state_dir)):
+        left += pids_of_uid(entry.pw_uid)
+        remove_account(entry.pw_name, entry.pw_uid)
     return left
 
 
+def remove_account(name: str, uid: int) -> None:
+    for _attempt in range(20):
+        for pid in pids_of_uid(uid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if subprocess.run(["/usr/sbin/userdel", name], capture_output=True).returncode in (0, 6):
+            return
+    raise AssertionError(f"could not remove the account {name}")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
 def xvnc_cmdlines(state_dir: Path) -> list[str]:
-    found = []
-    for pid in session_pids(state_dir):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "Xvnc" in cmd:
-            found.append(cmd)
-    return found
+    return [cmd for cmd in map(_cmdline, session_pids(state_dir)) if cmd.startswith("Xvnc")]
+
+
+def inner_pids(state_dir: Path, session_id: str, program: str) -> list[int]:
+    """Pids of `program` running inside the session (not its bwrap)."""
+    return [pid for pid in session_pids(state_dir, session_id)
+            if os.path.basename(_cmdline(pid).split(" ")[0]) == program]
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Uid line for {pid}")
+
+
+class _Relay(protocol.Protocol):
+    """One side of a bridged connection: writes what it reads to its peer."""
+
+    def __init__(self, peer: _Relay | None = None) -> None:
+        self.peer = peer
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.peer is not None and self.peer.transport is not None:
+            self.peer.transport.loseConnection()
+
+
+class _Inbound(_Relay):
+    """The VNC client's side: reads nothing until the endpoint's side is connected."""
+
+    def __init__(self, endpoint) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        outbound = _Relay(self)
+
+        def linked(_):
+            self.peer = outbound
+            self.transport.resumeProducing()
+
+        self.endpoint.connect(protocol.Factory.forProtocol(lambda: outbound)).addCallbacks(
+            linked, lambda _f: self.transport.loseConnection())
+
+
+class EndpointBridge(protocol.Factory):
+    """A loopback TCP port relaying each connection to a client endpoint (what the agent's
+    tunnel dials), so a TCP-only VNC client reaches a session through the driver."""
+
+    def __init__(self, endpoint) -> None:
+        self.endpoint = endpoint
+        self.port = None
+
+    def buildProtocol(self, addr):
+        return _Inbound(self.endpoint)
+
+    def listen(self) -> int:
+        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
+        return self.port.getHost().port
+
+    def close(self):
+        return self.port.stopListening() if self.port is not None else None
+
+
+async def capture_through(endpoint, path: Path) -> None:
+    """A real VNC client (vncdotool) takes a screenshot through `endpoint` into `path`."""
+    bridge = EndpointBridge(endpoint)
+    port = bridge.listen()
+    try:
+        await capture(port, path)
+    finally:
+        await defer.maybeDeferred(bridge.close)
 
 
 async def capture(port: int, path: Path, host: str = "127.0.0.1") -> None:

@@ -1,17 +1,21 @@
-"""The local driver with real Xvnc and real applications: sessions start, are seen by a
-real VNC client, hibernate and wake on their home, die and get reported, and stop without
-leaving a process or a display behind."""
+"""The local driver with real Xvnc, real bubblewrap sandboxes, real Unix accounts and real
+applications: sessions start, are seen by a real VNC client, hibernate and wake on their
+home, die and get reported, and stop without leaving a process, a sandbox or an account
+behind. Isolation itself (secrets, other sessions) is in test_local_isolation.py."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import signal
+import stat
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
+from twisted.internet.error import ConnectError
 
 from agent.platforms.base import (
     Capacity,
@@ -21,14 +25,16 @@ from agent.platforms.base import (
     UserRef,
 )
 from agent.platforms.local import LocalDriver
-from agent.platforms.xvnc import read_rfb_banner
 from tests.integration.agent.conftest import block
 from tests.support.polling import until
 from tests.support.xvnc_sessions import (
-    capture,
+    capture_through,
     distinct_colours,
+    inner_pids,
     kill_leftovers,
+    session_accounts,
     session_pids,
+    uid_of,
     xvnc_cmdlines,
 )
 
@@ -55,9 +61,10 @@ def local(tmp_path):
     statuses: list[tuple[str, str, str]] = []
     drivers: list[LocalDriver] = []
 
-    def make(capacity: Capacity | None = None) -> LocalDriver:
+    async def make(capacity: Capacity | None = None) -> LocalDriver:
         driver = LocalDriver(reactor, state, capacity or Capacity(), stop_grace=2.0)
-        driver.start()
+        await driver.start()
+        assert driver.isolation.isolated, driver.isolation.problem
         driver.set_status_listener(lambda *a: statuses.append(a))
         drivers.append(driver)
         return driver
@@ -65,23 +72,20 @@ def local(tmp_path):
     yield SimpleNamespace(make=make, state=state, statuses=statuses)
     for driver in drivers:
         block(driver.shutdown())
+    accounts = session_accounts(state)
     leaked = kill_leftovers(state)
     assert not leaked, f"session processes left behind: {leaked}"
+    assert not accounts, f"session accounts left behind: {accounts}"
 
 
-def released(display: int, xvnc_pid: int) -> bool:
-    """Our Xvnc is gone and no longer holds its display. Other X servers on a shared
-    machine (another agent, another test run) may take the number or port at once after
-    it is freed, so "nobody uses :N" would be a race; "we do not" is the promise."""
+def released(driver: LocalDriver, session_id: str, xvnc_pid: int) -> bool:
+    """Our Xvnc is gone and its sandbox (private /tmp with the X lock and socket, the VNC
+    socket, the cookie) removed."""
     if Path(f"/proc/{xvnc_pid}").exists():
         stat = Path(f"/proc/{xvnc_pid}/stat").read_text()
         if stat.rsplit(")", 1)[1].split()[0] != "Z":
             return False
-    try:
-        owner = int(Path(f"/tmp/.X{display}-lock").read_text().strip())
-    except (OSError, ValueError):
-        return True
-    return owner != xvnc_pid
+    return not driver.store.sandbox_dir(session_id).exists()
 
 
 async def _banner_through(endpoint) -> bytes:
@@ -103,12 +107,14 @@ async def _banner_through(endpoint) -> bytes:
     return banner
 
 
-async def screenshot_until_drawn(port: int, path: Path, minimum: int = 30) -> int:
-    """The app draws a moment after Xvnc is up: capture until the frame shows it."""
+async def screenshot_until_drawn(driver: LocalDriver, session_id: str, path: Path,
+                                 minimum: int = 30) -> int:
+    """The app draws a moment after Xvnc is up: capture (a real VNC client, through the
+    driver's endpoint) until the frame shows it."""
     seen = [0]
 
     async def attempt() -> bool:
-        await capture(port, path)
+        await capture_through(await driver.vnc_endpoint(session_id), path)
         seen[0] = distinct_colours(path)
         return seen[0] >= minimum
 
@@ -118,50 +124,66 @@ async def screenshot_until_drawn(port: int, path: Path, minimum: int = 30) -> in
     return seen[0]
 
 
+def environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
 @pytest_twisted.ensureDeferred
 async def test_session_runs_is_seen_by_a_vnc_client_and_stops_clean(local, tmp_path):
-    driver = local.make()
+    driver = await local.make()
     await driver.start_session("s1", template(), ALICE, "my terminal")
-    endpoint = driver.vnc_address("s1")
-    assert endpoint.host == "127.0.0.1"
-    assert (await read_rfb_banner(reactor, endpoint.host, endpoint.port)).startswith(b"RFB 003.")
     [info] = driver.list_sessions()
     assert (info.session_id, info.state) == ("s1", "running")
     assert driver.usage().sessions == 1 and driver.usage().cpu == 0.5
     # the driver's endpoint reaches this session's VNC server; unknown sessions have none
-    assert await _banner_through(await driver.vnc_endpoint("s1"))
+    endpoint = await driver.vnc_endpoint("s1")
+    assert await _banner_through(endpoint)
     with pytest.raises(DriverError, match="not running"):
         await driver.vnc_endpoint("s-unknown")
     # a real VNC client completes the handshake and sees the terminal, not a blank frame
-    colours = await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png")
+    colours = await screenshot_until_drawn(driver, "s1", tmp_path / "screen.png")
     assert colours >= 30
-    # the app runs in the display, with its own HOME and the template's environment
+    # the app runs in the display as the user's own account, with its own HOME and the
+    # template's environment
     record = driver.store.load("s1")
-    app_env = Path(f"/proc/{record.app_pid}/environ").read_bytes().split(b"\0")
+    [account] = session_accounts(local.state)
+    entry = pwd.getpwnam(account)
+    [xterm] = await until(lambda: inner_pids(local.state, "s1", "xterm"), 5, what="xterm")
+    [xvnc] = inner_pids(local.state, "s1", "Xvnc")
+    assert uid_of(xterm) == uid_of(xvnc) == entry.pw_uid != 0
+    app_env = environ(xterm)
     assert f"DISPLAY=:{record.display}".encode() in app_env
-    assert f"HOME={record.home}".encode() in app_env
+    assert f"HOME=/home/{account}".encode() in app_env
+    assert b"XAUTHORITY=/run/streamspace/Xauthority" in app_env
     assert b"STREAMSPACE_TEST=yes" in app_env
     assert not any(e.startswith(b"AGENT_TOKEN=") for e in app_env)
-    # each process leads its own process group
+    # the home is the account's and only the account's
+    home = Path(record.home)
+    assert home.is_dir() and home.stat().st_uid == entry.pw_uid
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    # each sandbox leads its own process group
     assert os.getpgid(record.app_pid) == record.app_pid
     assert os.getpgid(record.xvnc_pid) == record.xvnc_pid
     assert xvnc_cmdlines(local.state)
-    home = Path(record.home)
-    assert home.is_dir()
 
     await driver.stop_session("s1")
     assert session_pids(local.state) == []
-    assert released(record.display, record.xvnc_pid)
+    assert released(driver, "s1", record.xvnc_pid)
     assert driver.list_sessions() == [] and driver.usage().sessions == 0
     await until(lambda: not home.exists(), 5, what="the session home removed")
+    # the user's last session is gone: so is the account
+    assert session_accounts(local.state) == []
     assert local.statuses == []  # a stop that was asked for is not an unsolicited change
+    # an endpoint handed out before the stop no longer leads anywhere
+    with pytest.raises(ConnectError):
+        await _banner_through(endpoint)
     # stopping again (redelivery, or a session that is already gone) succeeds
     await driver.stop_session("s1")
 
 
 @pytest_twisted.ensureDeferred
 async def test_hibernate_and_wake_keep_the_persistent_home(local):
-    driver = local.make()
+    driver = await local.make()
     tpl = template(persistent_home=True,
                    local={"command": 'echo "$STREAMSPACE_SESSION_NAME" >> "$HOME/notes.txt"; '
                                      "exec xterm"})
@@ -172,18 +194,22 @@ async def test_hibernate_and_wake_keep_the_persistent_home(local):
 
     await driver.hibernate_session("s1")
     assert session_pids(local.state) == []
-    assert released(record.display, record.xvnc_pid)
+    assert released(driver, "s1", record.xvnc_pid)
     assert [(i.session_id, i.state) for i in driver.list_sessions()] == [("s1", "hibernated")]
     assert driver.usage().sessions == 0  # a hibernated session reserves nothing
     assert (home / "notes.txt").read_text() == "first\n"
+    assert session_accounts(local.state) == []  # no process of the user: no account
+    # the next account of this user may get another uid: the kept home is re-owned
+    os.chown(home / "notes.txt", 4242, 4242)
 
     # wake needs no user: the agent kept the session's record
     await driver.wake_session("s1", tpl, None)
-    endpoint = driver.vnc_address("s1")
-    assert (await read_rfb_banner(reactor, "127.0.0.1", endpoint.port)).startswith(b"RFB")
+    assert await _banner_through(await driver.vnc_endpoint("s1"))
     assert driver.store.load("s1").home == str(home)
     await until(lambda: (home / "notes.txt").read_text() == "first\nfirst\n", 5,
                 what="the woken app appending to the same HOME")
+    [account] = session_accounts(local.state)
+    assert (home / "notes.txt").stat().st_uid == pwd.getpwnam(account).pw_uid
 
     await driver.stop_session("s1")
     assert session_pids(local.state) == []
@@ -194,7 +220,7 @@ async def test_hibernate_and_wake_keep_the_persistent_home(local):
 
 @pytest_twisted.ensureDeferred
 async def test_non_persistent_home_survives_hibernate_but_not_stop(local):
-    driver = local.make()
+    driver = await local.make()
     tpl = template(local={"command": 'touch "$HOME/here"; exec xterm'})
     await driver.start_session("s2", tpl, ALICE, "")
     home = Path(driver.store.load("s2").home)
@@ -208,18 +234,19 @@ async def test_non_persistent_home_survives_hibernate_but_not_stop(local):
 
 @pytest_twisted.ensureDeferred
 async def test_app_killed_with_sigkill_is_reported(local):
-    driver = local.make()
+    driver = await local.make()
     await driver.start_session("s1", template(), ALICE, "")
     record = driver.store.load("s1")
-    os.kill(record.app_pid, signal.SIGKILL)
+    [xterm] = await until(lambda: inner_pids(local.state, "s1", "xterm"), 5, what="xterm")
+    os.kill(xterm, signal.SIGKILL)
     await until(lambda: local.statuses, 10, what="a session_status")
     [(session_id, state, reason)] = local.statuses
     assert (session_id, state) == ("s1", "failed")
     assert "the application was killed by SIGKILL" in reason
     # the rest of the session is cleaned up: Xvnc stopped, display free, nothing listed
     await until(lambda: session_pids(local.state) == [], 10, what="Xvnc stopped")
-    await until(lambda: released(record.display, record.xvnc_pid), 5,
-                what="the display freed")
+    await until(lambda: released(driver, "s1", record.xvnc_pid), 5, what="the display freed")
+    await until(lambda: session_accounts(local.state) == [], 5, what="the account removed")
     assert driver.list_sessions() == []
     # the control plane may still send stop (e.g. the user deletes the session)
     await driver.stop_session("s1")
@@ -227,13 +254,14 @@ async def test_app_killed_with_sigkill_is_reported(local):
 
 @pytest_twisted.ensureDeferred
 async def test_app_exiting_or_xvnc_dying_is_reported(local):
-    driver = local.make()
+    driver = await local.make()
     await driver.start_session("quits", template(local={"command": "true"}), ALICE, "")
     await until(lambda: local.statuses, 10, what="a session_status")
     assert local.statuses[0] == ("quits", "stopped", "the application exited")
 
     await driver.start_session("s2", template(), ALICE, "")
-    os.kill(driver.store.load("s2").xvnc_pid, signal.SIGKILL)
+    [xvnc] = inner_pids(local.state, "s2", "Xvnc")
+    os.kill(xvnc, signal.SIGKILL)
     await until(lambda: len(local.statuses) == 2, 10, what="a second session_status")
     session_id, state, reason = local.statuses[1]
     assert (session_id, state) == ("s2", "failed")
@@ -243,7 +271,7 @@ async def test_app_exiting_or_xvnc_dying_is_reported(local):
 
 @pytest_twisted.ensureDeferred
 async def test_capacity_and_bad_templates_are_refused_with_a_reason(local):
-    driver = local.make(Capacity(max_sessions=1, max_cpu=4, max_memory_gb=0))
+    driver = await local.make(Capacity(max_sessions=1, max_cpu=4, max_memory_gb=0))
     await driver.start_session("s1", template(), ALICE, "")
     with pytest.raises(CapacityError, match=r"already runs 1 of 1 sessions \(MAX_SESSIONS\)"):
         await driver.start_session("s2", template(), ALICE, "")
@@ -260,30 +288,39 @@ async def test_capacity_and_bad_templates_are_refused_with_a_reason(local):
 
 
 @pytest_twisted.ensureDeferred
-async def test_concurrent_starts_get_distinct_displays(local):
-
-    driver = local.make()
+async def test_concurrent_starts_get_distinct_displays_and_one_account_per_user(local):
+    driver = await local.make()
+    bob = UserRef("u-bob", "bob")
     await defer.gatherResults([
-        driver.start_session(f"c{i}", template(), ALICE, "") for i in range(3)])
-    assert len({driver.vnc_address(f"c{i}").port for i in range(3)}) == 3
+        driver.start_session(f"c{i}", template(), ALICE if i < 2 else bob, "")
+        for i in range(3)])
     records = [driver.store.load(f"c{i}") for i in range(3)]
     assert len({r.display for r in records}) == 3
+    # alice's two sessions share her account; bob has his own
+    uids = [uid_of((await until(lambda i=i: inner_pids(local.state, f"c{i}", "xterm"), 5,
+                                what="xterm"))[0]) for i in range(3)]
+    assert uids[0] == uids[1] != uids[2] and len(session_accounts(local.state)) == 2
+    await driver.stop_session("c0")
+    assert len(session_accounts(local.state)) == 2  # alice still runs c1
     await driver.shutdown()
     assert session_pids(local.state) == []
-    assert all(released(r.display, r.xvnc_pid) for r in records)
+    assert all(released(driver, f"c{i}", r.xvnc_pid) for i, r in enumerate(records))
+    assert session_accounts(local.state) == []
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_restarted_agent_reaps_what_a_killed_one_left(local):
-    crashed = local.make()
+    crashed = await local.make()
     await crashed.start_session("s1", template(), ALICE, "")
-    record = crashed.store.load("s1")
-    assert session_pids(local.state)
+    assert session_pids(local.state) and session_accounts(local.state)
     # the agent "dies" without stopping anything; a new one starts on the same state dir
     crashed._sessions.clear()
-    fresh = local.make()
+    crashed.accounts._holders.clear()
+    fresh = await local.make()
     await until(lambda: session_pids(local.state) == [], 10, what="orphans reaped")
-    await until(lambda: released(record.display, record.xvnc_pid), 5, what="display freed")
+    await until(lambda: not fresh.store.sandbox_dir("s1").exists(), 5,
+                what="the stale sandbox removed")
+    assert session_accounts(local.state) == []
     assert fresh.list_sessions() == []
     assert fresh.store.load("s1").state == "ended"
 
@@ -292,8 +329,6 @@ def catalog_templates() -> list[dict]:
     import json
 
     path = Path(__file__).resolve().parents[3] / "catalog" / "templates.json"
-    if not path.exists():
-        return []
     data = json.loads(path.read_text())
     return data["templates"] if isinstance(data, dict) else data
 
@@ -305,12 +340,10 @@ async def test_the_default_catalog_runs_on_the_local_platform(local, tmp_path, t
     import shutil
 
     program = shlex.split(tpl["platforms"]["local"]["command"])[0]
-    if shutil.which(program) is None:
-        pytest.skip(f"{program} is not installed (scripts/setup.sh installs it)")
-    driver = local.make()
+    assert shutil.which(program), f"{program} is not installed (scripts/setup.sh installs it)"
+    driver = await local.make()
     await driver.start_session("cat-1", SessionTemplate.from_json(tpl), ALICE, "")
-    endpoint = driver.vnc_address("cat-1")
-    await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png", minimum=100)
+    await screenshot_until_drawn(driver, "cat-1", tmp_path / "screen.png", minimum=100)
     await driver.stop_session("cat-1")
     assert session_pids(local.state) == []
     assert local.statuses == []

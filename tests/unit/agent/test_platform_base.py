@@ -60,22 +60,27 @@ def test_display_allocation_skips_busy_displays_and_reuses_freed_ones():
     alloc = DisplayAllocator(first=10, count=5, in_use=lambda n: n in busy)
     a = alloc.allocate()
     b = alloc.allocate()
-    assert (a[0], b[0]) == (11, 13) and a[1] != b[1]
-    alloc.release(*a)
+    assert (a, b) == (11, 13)
+    alloc.release(a)
     with pytest.raises(OSError, match="no free X display"):
         alloc.allocate(avoid={11, 14})  # e.g. displays whose Xvnc just failed to start
-    assert alloc.allocate()[0] == 11
-    assert alloc.allocate()[0] == 14
+    assert alloc.allocate() == 11
+    assert alloc.allocate() == 14
     with pytest.raises(OSError, match="no free X display"):
         alloc.allocate()
 
 
 def test_xvnc_command_line():
-    argv = xvnc_argv(12, 5912)
+    argv = xvnc_argv(12, "/run/streamspace/vnc/rfb.sock", "/run/streamspace/Xauthority")
     assert argv[:2] == ["Xvnc", ":12"]
-    for flag in ("-localhost", "-AlwaysShared"):
+    for flag in ("-AlwaysShared", "-UseBlacklist=0"):
         assert flag in argv
     assert argv[argv.index("-SecurityTypes") + 1] == "None"
-    assert argv[argv.index("-rfbport") + 1] == "5912"
+    # RFB on the Unix socket only, X11 only with the cookie and never over TCP
+    assert argv[argv.index("-rfbport") + 1] == "-1"
+    assert argv[argv.index("-rfbunixpath") + 1] == "/run/streamspace/vnc/rfb.sock"
+    assert argv[argv.index("-rfbunixmode") + 1] == "0600"
+    assert argv[argv.index("-auth") + 1] == "/run/streamspace/Xauthority"
+    assert argv[argv.index("-nolisten") + 1] == "tcp"
     assert argv[argv.index("-geometry") + 1] == "1280x800"
     assert argv[argv.index("-depth") + 1] == "24"
