@@ -107,7 +107,8 @@ def test_every_object_is_valid_kubernetes_in_strict_mode(helm, variant, kube):
 
 def test_values_schema_rejects_typos_and_bad_types(helm):
     for bad in ("api.replica=2", "api.replicas=zero", "api.logLevel=chatty",
-                "k8sAgent.config.heartbeatInterval=often", "jwtSecret=too-short"):
+                "k8sAgent.config.heartbeatInterval=often", "jwtSecret=too-short",
+                "adminPassword=short"):
         result = helm_run(helm, "template", RELEASE, str(CHART), "--set", bad, check=False)
         assert result.returncode != 0 and "values don't meet the specifications" in result.stderr \
             or "at '/" in result.stderr, (bad, result.stderr)
@@ -297,8 +298,22 @@ def test_service_monitor_scrapes_the_control_plane_metrics(rendered):
     service = rendered["service-monitor"][("Service", FULL)]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= \
         service["spec"]["selector"].items()
-    assert monitor["spec"]["endpoints"] == [{"port": "http", "path": "/metrics",
+    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics",
                                              "interval": "30s"}]
+    # /metrics is off on the public port outside dev mode: the pods serve it on its own
+    # listener, which the Service names and the Ingress never routes to
+    [pod] = service_pods = [o["spec"]["template"]["spec"] for (kind, name), o in
+                            rendered["service-monitor"].items()
+                            if kind == "Deployment" and name == FULL]
+    assert service_pods
+    [container] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["METRICS_ADDRESS"] == "0.0.0.0:9090"
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
+    assert {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"} in \
+        service["spec"]["ports"]
+    ingress = [o for (kind, _), o in rendered["ingress"].items() if kind == "Ingress"]
+    assert ingress and "metrics" not in json.dumps(ingress)
     assert not [k for k in rendered["default"] if k[0] == "ServiceMonitor"]
 
 
