@@ -176,11 +176,13 @@ async def test_killed_agent_is_reconciled_by_its_next_start(control_plane, state
     # it reports no sessions and left nothing running...
     assert control_plane.of_type("register")[1]["payload"]["sessions"] == []
     await until(lambda: session_pids(state) == [], 10, what="orphans reaped")
-    # ...and a redelivered command is answered from the journal, not run again
+    # ...and a redelivered start is not run again, nor answered with its stored success:
+    # the session it started was reaped, so "complete" would be a lie (issue 10 item 1)
     control_plane.command("start_session", SID,
                           {"template": TEMPLATE, "user": USER, "name": ""}, command_id=start_id)
-    await until(lambda: len(control_plane.about(start_id, "complete")) == 2, 10,
-                what="the stored outcome")
+    failed = await until(lambda: control_plane.about(start_id, "failed"), 10,
+                         what="the checked outcome")
+    assert "no longer runs it" in failed[0]["payload"]["reason"]
     assert session_pids(state) == []
     proc2.send_signal(signal.SIGTERM)
     await until(lambda: proc2.poll() is not None, 20, what="twistd exiting")
