@@ -15,6 +15,7 @@ from pathlib import Path
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import deferLater
 
 X11_SOCKET_DIR = Path("/tmp/.X11-unix")
@@ -138,6 +139,9 @@ async def wait_for_rfb(reactor, host: str, port: int, timeout: float,
             raise RfbNotReady("the VNC server exited before accepting connections")
         try:
             banner = await read_rfb_banner(reactor, host, port)
+        except (defer.CancelledError, ConnectingCancelledError):
+            # the start itself was cancelled (its deadline), which is not "not ready yet"
+            raise defer.CancelledError() from None
         except Exception as e:  # refused, reset, timeout: not ready yet
             last = e
         else:

@@ -41,6 +41,7 @@ REQUIRED = {
     "complete": {"command_id", "result"},
     "failed": {"command_id", "reason"},
     "session_status": {"session_id", "state", "reason"},
+    "session_progress": {"session_id", "message"},
 }
 
 

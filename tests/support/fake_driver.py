@@ -8,7 +8,10 @@ start leaves nothing behind. It keeps the driver contract (agent/platforms/base.
 contract suite (tests/integration/agent/test_driver_contract.py) checks that it does.
 
 With a shared `FakePlatform`, sessions outlive the driver like containers or pods do
-(`outlives_agent`): a new driver on the same platform finds them in `start()`.
+(`outlives_agent`): a new driver on the same platform finds them in `start()`. With a
+shared platform and `outlives_agent=False` they are the agent's children, like local
+processes: `start()` reaps the running ones a dead predecessor left (hibernated ones are
+kept for a wake) and `shutdown()` stops them.
 """
 
 from __future__ import annotations
@@ -47,9 +50,11 @@ class FakeDriver(PlatformDriver):
 
     def __init__(self, capacity: Capacity | None = None,
                  endpoint: VncEndpoint | None = None,
-                 platform: FakePlatform | None = None) -> None:
+                 platform: FakePlatform | None = None,
+                 outlives_agent: bool | None = None) -> None:
         super().__init__(capacity or Capacity())
-        self.outlives_agent = platform is not None
+        self.outlives_agent = platform is not None if outlives_agent is None else outlives_agent
+        self._reaps = platform is not None and not self.outlives_agent
         self.platform = platform or FakePlatform()
         self.endpoint = endpoint or VncEndpoint("127.0.0.1", 5999)
         self.calls: list[tuple[str, str]] = []
@@ -78,8 +83,10 @@ class FakeDriver(PlatformDriver):
 
     def start(self) -> None:
         self.started = True
-        for session_id, info in self.sessions.items():
-            if info.state == RUNNING:
+        for session_id, info in list(self.sessions.items()):
+            if self._reaps and info.state in (RUNNING, STARTING):
+                self._forget(session_id)  # a dead predecessor's child: reaped
+            elif info.state == RUNNING:
                 self.endpoints[session_id] = self.endpoint
 
     async def _held(self) -> None:
@@ -108,6 +115,7 @@ class FakeDriver(PlatformDriver):
         self.sessions[session_id] = SessionInfo(session_id, STARTING)
         self.templates[session_id] = template
         self.platform.homes.setdefault(session_id, f"home-of-{session_id}")
+        self.report_progress(session_id, "starting the fake session")
         try:
             await self._held()
         except BaseException:
