@@ -107,6 +107,8 @@ class CommandExecutor:
         """Answer one delivery of a command; returns the execution's Deferred if it runs."""
         entry = self.journal.get(command.command_id)
         if command.command_id in self._running:
+            log.info("command {command_id} delivered again while it runs: acked again",
+                     command_id=command.command_id)
             self._ack(command)
             return None
         if entry is not None and entry.finished:

@@ -199,8 +199,7 @@ class Stack:
                 agent.proc.wait()
 
     def xvnc_count(self, agent: AgentProcess, session_id: str) -> int:
-        return len([p for p in session_pids(agent.state_dir, session_id)
-                    if b"Xvnc" in Path(f"/proc/{p}/cmdline").read_bytes()])
+        return len(xvnc_pids(agent, session_id))
 
     def cleanup_agents(self) -> list[int]:
         """Stop every agent (SIGTERM: they stop their sessions), then sweep: whatever still
@@ -211,6 +210,18 @@ class Stack:
         for state_dir in {agent.state_dir for agent in self.agents}:
             leaked += kill_leftovers(state_dir)
         return leaked
+
+
+def xvnc_pids(agent: AgentProcess, session_id: str) -> list[int]:
+    """The session's Xvnc processes (one that exits while we look is not counted)."""
+    found = []
+    for pid in session_pids(agent.state_dir, session_id):
+        try:
+            if b"Xvnc" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
+    return found
 
 
 def make_stack(dsn: str, **env) -> Stack:

@@ -164,6 +164,21 @@ async def test_killed_agent_is_reconciled_by_its_next_start(control_plane, state
     start_id = control_plane.command("start_session", SID,
                                      {"template": TEMPLATE, "user": USER, "name": ""})
     assert (await control_plane.outcome(start_id, 30))["type"] == "complete"
+
+    # a second agent on the same state directory is refused, naming it and the holder,
+    # and touches nothing (issue 9 items 5 and 15: it used to reap the first's sessions)
+    second_log = tmp_path / "second.log"
+    second = start_twistd(control_plane, state, second_log)
+    processes.append(second)
+    await until(lambda: second.poll() is not None, 30, what="the second agent refusing")
+    refusal = second_log.read_text()
+    assert second.returncode != 0, refusal
+    assert f"the state directory {state.absolute()} is in use by another agent " \
+           f"(pid {proc.pid})" in refusal
+    assert "Traceback" not in refusal
+    assert xvnc_cmdlines(state) and control_plane.connections == 1
+    assert len(control_plane.of_type("register")) == 1
+
     proc.send_signal(signal.SIGKILL)
     await until(lambda: proc.poll() is not None, 10, what="the agent dead")
     assert xvnc_cmdlines(state), "sessions live in their own process groups"
