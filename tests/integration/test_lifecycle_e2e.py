@@ -114,8 +114,9 @@ async def test_agent_killed_after_its_driver_started_the_session_is_reaped_and_r
         again = await stack.start_agent("e2e-kill", token=token)
         await until(lambda: stack.xvnc_count(again, sid) == 0, 10,
                     what="the restarted agent reaping what the killed one left")
-        failed = await stack.wait_state(sid, "failed", "running", timeout=40)
-        assert failed["state"] == "failed", failed
+        # (`running` may show for a moment if the start's outcome reached the control
+        # plane before the kill: the new agent's register then reconciles it)
+        failed = await stack.wait_state(sid, "failed", timeout=40)
         assert len(failed["error"].split()) >= 4, failed  # a sentence, not a code
         assert [status for _, status in await commands_of(stack, sid)][0] in (
             "completed", "failed", "timeout")

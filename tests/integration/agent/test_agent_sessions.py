@@ -152,6 +152,7 @@ async def test_twistd_agent_sigterm_stops_sessions_and_says_so(control_plane, st
     assert 1000 in [code for code, _ in control_plane.closes]
     text = log.read_text()
     assert control_plane.token not in text  # the token never reaches the log
+    assert "Unhandled error" not in text and "Traceback" not in text, text[-3000:]
 
 
 @pytest_twisted.ensureDeferred
