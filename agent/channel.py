@@ -36,11 +36,22 @@ log = Logger()
 REGISTER_TIMEOUT = 15.0
 OUTBOX_LIMIT = 1000
 
+# What an operator should do about a refused upgrade (docs/protocol.md, "Control channel").
+_REFUSALS = {
+    401: " (the agent id or token is wrong, or the token was rotated: check AGENT_ID and "
+         "AGENT_TOKEN/AGENT_TOKEN_FILE)",
+    409: " (the control plane has a live connection for agent {agent_id}, which answers its "
+         "pings: is another agent running with this AGENT_ID? retrying)",
+    503: " (the control plane is starting; retrying)",
+}
+
 
 class Link(Protocol):
     """One open control connection, as the channel needs it."""
 
-    def send_text(self, text: str) -> None: ...
+    def send_text(self, text: str) -> bool:
+        """Send one frame; False (never an exception) once the link is closing."""
+        ...
 
     def close(self, code: int, reason: str) -> None: ...
 
@@ -116,11 +127,14 @@ class AgentChannel:
         return d
 
     def link_failed(self, reason: str) -> None:
-        """A connection attempt that never opened (refused, 401, TLS error...)."""
+        """A connection attempt that never opened (refused, 401, 409, TLS error...)."""
         self.failures += 1
         level = log.error if self.failures in (1, 10) or self.failures % 100 == 0 else log.debug
-        level("cannot connect to the control plane (attempt {n}): {reason}",
-              n=self.failures, reason=reason, agent_id=self.agent_id)
+        hint = next((text for status, text in _REFUSALS.items() if f"[{status}]" in reason),
+                    "")
+        level("cannot connect to the control plane (attempt {n}): {reason}{hint}",
+              n=self.failures, reason=reason, agent_id=self.agent_id,
+              hint=hint.format(agent_id=self.agent_id))
 
     def link_message(self, link: Link, text: str | bytes) -> None:
         if link is not self.link:
@@ -156,8 +170,10 @@ class AgentChannel:
         log.info("registered with the control plane; heartbeat every {interval} s",
                  interval=self.heartbeat_interval, agent_id=self.agent_id)
         while self.outbox and self.link is not None:
-            frame_type, frame_payload = self.outbox.popleft()
-            self._send(frame_type, frame_payload)
+            frame_type, frame_payload = self.outbox[0]
+            if not self._send(frame_type, frame_payload):
+                break  # the link is closing: the rest waits for the next one
+            self.outbox.popleft()
 
     def _on_command(self, payload: dict[str, Any]) -> None:
         try:
@@ -179,10 +195,11 @@ class AgentChannel:
     # -- frames out ------------------------------------------------------------------------
 
     def emit(self, frame_type: str, payload: dict[str, Any], buffer: bool = True) -> None:
-        """Send now if registered; otherwise keep outcomes for the next connection."""
-        if self.link is not None and self.registered:
-            self._send(frame_type, payload)
-        elif buffer:
+        """Send now if registered; otherwise (no link, or one that is closing) keep
+        outcomes for the next connection."""
+        if self.link is not None and self.registered and self._send(frame_type, payload):
+            return
+        if buffer:
             self.outbox.append((frame_type, payload))
 
     def session_status(self, session_id: str, state: str, reason: str) -> None:
@@ -212,15 +229,17 @@ class AgentChannel:
             payload = {"usage": {}, "sessions": []}
         self._send("heartbeat", payload)
 
-    def _send(self, frame_type: str, payload: dict[str, Any]) -> None:
+    def _send(self, frame_type: str, payload: dict[str, Any]) -> bool:
+        """True if the frame went out; False if there is no open link to take it. A frame
+        that cannot be encoded is dropped with a log line (True: retrying cannot help)."""
         if self.link is None:
-            return
+            return False
         try:
             data = encode(frame_type, payload, self.clock.seconds())
         except ProtocolError as e:
             log.error("not sending {frame_type}: {reason}", frame_type=frame_type, reason=str(e))
-            return
-        self.link.send_text(data.decode("utf-8"))
+            return True
+        return self.link.send_text(data.decode("utf-8"))
 
     # -- timers ----------------------------------------------------------------------------
 

@@ -1,13 +1,17 @@
 """The command executor: runs control-plane commands on the platform driver, at most once.
 
-Every command id goes through the journal first: a finished one is answered again with its
-stored `complete`/`failed` (nothing runs twice), one in progress is only acked again, one
-the journal saw start but a previous agent run never finished is answered `failed` (the
-agent cannot know how far it got; the control plane reconciles from what it reports).
-Lifecycle commands for one session run one at a time in arrival order, so a stop never
-races a start; tunnel commands (vnc_connect, vnc_disconnect) and list_sessions do not take
-that lock (a burst of viewers must never queue behind, or recurse through, a start).
-A lifecycle command that outlives its deadline is cancelled: the driver cleans up.
+Every command id goes through the journal first. A finished one is not run again: a stored
+`failed` is answered again as is; a stored `complete` of a lifecycle command is answered
+again only if the driver still shows what it achieved (a started session still runs, a
+hibernated one is still kept, a stopped one is still gone), else it is answered `failed`
+with a sentence saying what the driver has now (an agent that restarted and reaped its
+sessions must not replay "started" for a session with nothing behind it). One in progress
+is only acked again; one the journal saw start but a previous agent run never finished is
+answered `failed` (the agent cannot know how far it got; the control plane reconciles from
+what it reports). Lifecycle commands for one session run one at a time in arrival order
+(agent/serial.py: at any burst size), so a stop never races a start; tunnel commands
+(vnc_connect, vnc_disconnect) and list_sessions never wait behind them. A lifecycle command
+that outlives its deadline is cancelled: the driver cleans up.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from agent.journal import COMPLETE, FAILED, CommandJournal
+from agent.journal import COMPLETE, FAILED, CommandJournal, JournalEntry
 from agent.platforms.base import (
+    HIBERNATED,
+    RUNNING,
+    STARTING,
     DriverError,
     PlatformDriver,
     SessionTemplate,
     UserRef,
 )
+from agent.serial import SerialQueues
 from agent.tunnel import TunnelError, TunnelManager
 from streamspace_common.wire import COMMAND_TYPES, ProtocolError, parse_iso
 
@@ -93,18 +101,18 @@ class CommandExecutor:
         self.server_now = server_now
         self.accepting = True
         self._running: dict[str, defer.Deferred] = {}
-        self._locks: dict[str, defer.DeferredLock] = {}
+        self._serial = SerialQueues()
 
     def handle(self, command: Command) -> defer.Deferred | None:
         """Answer one delivery of a command; returns the execution's Deferred if it runs."""
         entry = self.journal.get(command.command_id)
         if command.command_id in self._running:
+            log.info("command {command_id} delivered again while it runs: acked again",
+                     command_id=command.command_id)
             self._ack(command)
             return None
         if entry is not None and entry.finished:
-            log.info("command {command_id} delivered again: answering its stored outcome",
-                     command_id=command.command_id)
-            self.emit(entry.status, entry.payload or {}, True)
+            self._answer_again(command, entry)
             return None
         if entry is not None:
             self._finish(command, FAILED, "the agent restarted while running this command; "
@@ -115,7 +123,7 @@ class CommandExecutor:
             return None
         self.journal.started(command.command_id, command.command_type)
         self._ack(command)
-        d = defer.ensureDeferred(self._execute(command))
+        d = self._execute(command)
         self._running[command.command_id] = d
         d.addBoth(self._done, command)
         return d
@@ -126,24 +134,62 @@ class CommandExecutor:
     def _ack(self, command: Command) -> None:
         self.emit("ack", {"command_id": command.command_id}, False)
 
-    async def _execute(self, command: Command) -> dict[str, Any]:
+    def _answer_again(self, command: Command, entry: JournalEntry) -> None:
+        """A redelivered command that finished: its stored outcome, if still true."""
+        if entry.status == COMPLETE and entry.command_type == "list_sessions":
+            # a query: the stored list is stale, the driver's cache answers now
+            self._finish(command, COMPLETE, self._list_sessions())
+            return
+        if entry.status == COMPLETE:
+            untrue = self._no_longer_true(entry.command_type, command.target_session)
+            if untrue is not None:
+                log.warn("command {command_id} delivered again: its stored success no "
+                         "longer holds ({reason})", command_id=command.command_id,
+                         session_id=command.target_session, reason=untrue)
+                self._finish(command, FAILED, untrue)
+                return
+        log.info("command {command_id} delivered again: answering its stored outcome",
+                 command_id=command.command_id)
+        self.emit(entry.status, entry.payload or {}, True)
+
+    def _no_longer_true(self, command_type: str, session_id: str | None) -> str | None:
+        """Why a stored `complete` would now be a lie (None while it still holds)."""
+        if command_type not in LIFECYCLE or not session_id:
+            return None
+        seen = {s.session_id: s.state for s in self.driver.list_sessions()}
+        state = seen.get(session_id)
+        now = (f"it is {state} now" if state else
+               "the agent restarted or the session ended since: it has no such session now")
+        if command_type in ("start_session", "wake_session"):
+            if state in (RUNNING, STARTING):
+                return None
+            return (f"this agent started the session but no longer runs it ({now}), so that "
+                    "success is not repeated")
+        if command_type == "hibernate_session":
+            if state == HIBERNATED:
+                return None
+            return (f"this agent hibernated the session but no longer keeps it ({now}), so "
+                    "that success is not repeated")
+        if state is None:
+            return None
+        return (f"this agent stopped the session but has it again ({now}), so that success "
+                "is not repeated")
+
+    def _execute(self, command: Command) -> defer.Deferred:
         if command.command_type not in LIFECYCLE:
-            return await self._run(command, None)
+            return defer.ensureDeferred(self._run(command, None))
         key = command.target_session or f"command:{command.command_id}"
-        lock = self._locks.setdefault(key, defer.DeferredLock())
-        await lock.acquire()
-        try:
-            local_deadline = None
-            if command.deadline is not None:
-                remaining = command.deadline - self.server_now()
-                if remaining <= 0:
-                    raise CommandFailed("the command arrived after its deadline; it was not run")
-                local_deadline = self.clock.seconds() + remaining
-            return await self._run(command, local_deadline)
-        finally:
-            lock.release()
-            if not lock.locked and not lock.waiting:
-                self._locks.pop(key, None)
+        return self._serial.run(key, lambda: defer.ensureDeferred(self._run_lifecycle(command)))
+
+    async def _run_lifecycle(self, command: Command) -> dict[str, Any]:
+        """Runs with the session's turn in the serial queue (commands.py docstring)."""
+        local_deadline = None
+        if command.deadline is not None:
+            remaining = command.deadline - self.server_now()
+            if remaining <= 0:
+                raise CommandFailed("the command arrived after its deadline; it was not run")
+            local_deadline = self.clock.seconds() + remaining
+        return await self._run(command, local_deadline)
 
     async def _before_deadline(self, d: defer.Deferred, deadline: float | None,
                                what: str) -> Any:
@@ -202,7 +248,7 @@ class CommandExecutor:
         if kind not in COMMAND_TYPES:
             raise CommandFailed(f"this agent does not know the command {kind!r}")
         if kind == "list_sessions":
-            return {"sessions": [s.to_json() for s in self.driver.list_sessions()]}
+            return self._list_sessions()
         if kind == "vnc_connect":
             return await self._vnc_connect(command.target_session, data)
         if kind == "vnc_disconnect":
@@ -231,6 +277,9 @@ class CommandExecutor:
         await self._before_deadline(self.driver.hibernate_session(session_id, deadline),
                                     deadline, "hibernate the session")
         return {}
+
+    def _list_sessions(self) -> dict[str, Any]:
+        return {"sessions": [s.to_json() for s in self.driver.list_sessions()]}
 
     async def _vnc_connect(self, session_id: str | None,
                            data: Mapping[str, Any]) -> dict[str, Any]:

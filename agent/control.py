@@ -1,18 +1,24 @@
 """The control-channel connection: an autobahn WebSocket client kept up by ClientService.
 
 `GET <control plane>/api/v1/agent/connect?agent_id=<id>` with `Authorization: Bearer
-<token>`, text frames of at most 64 KiB, no compression. The protocol logic lives in
+<token>`, text frames of at most 64 KiB, no compression, WebSocket pings (a peer that
+stops answering them is dropped, so a dead half-open connection is noticed; the agent
+answers the control plane's pings, which is how the hub tells a live connection from a
+dead one when a second one arrives for the same agent id). The protocol logic lives in
 `AgentChannel`; this module only carries frames and reconnects: after any close or failed
 attempt it retries with capped jittered backoff (at most 1.5 s), growing only while
-connections keep failing to register (a 401 loop backs off; a lost connection that was
-working is retried at once).
+connections keep failing to register (a 401 or 409 loop backs off; a lost connection that
+was working is retried at once). Sending on a connection that is closing never raises: it
+answers False and the channel keeps what matters for the next connection.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.application import service
 from twisted.application.internet import ClientService
 from twisted.internet import defer
@@ -28,6 +34,8 @@ from streamspace_common.wire import CLOSE_NORMAL, CLOSE_PROTOCOL_ERROR, MAX_FRAM
 log = Logger()
 
 CLOSE_WAIT_SECONDS = 3.0
+PING_INTERVAL = 15.0
+PING_TIMEOUT = 10.0
 
 
 class ControlClientProtocol(WebSocketClientProtocol):
@@ -53,8 +61,15 @@ class ControlClientProtocol(WebSocketClientProtocol):
             self.channel.link_failed(reason or f"closed with code {code}")
 
     # Link interface
-    def send_text(self, text: str) -> None:
-        self.sendMessage(text.encode("utf-8"), isBinary=False)
+    def send_text(self, text: str) -> bool:
+        """False once the connection is closing or closed (autobahn would raise)."""
+        if self.state != WebSocketProtocol.STATE_OPEN:
+            return False
+        try:
+            self.sendMessage(text.encode("utf-8"), isBinary=False)
+        except Disconnected:
+            return False
+        return True
 
     def close(self, code: int, reason: str) -> None:
         self.sendClose(code, reason[:120])
@@ -64,13 +79,16 @@ class ControlClientFactory(WebSocketClientFactory):
     protocol = ControlClientProtocol
     noisy = False
 
-    def __init__(self, channel: AgentChannel, url: str, token: str, reactor) -> None:
+    def __init__(self, channel: AgentChannel, url: str, token: str, reactor,
+                 ping_interval: float = PING_INTERVAL,
+                 ping_timeout: float = PING_TIMEOUT) -> None:
         super().__init__(url, headers={"Authorization": f"Bearer {token}"}, reactor=reactor)
         self.channel = channel
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_FRAME_BYTES, maxMessagePayloadSize=MAX_FRAME_BYTES,
             perMessageCompressionOffers=[], openHandshakeTimeout=10,
-            closeHandshakeTimeout=2, autoPingInterval=15, autoPingTimeout=10)
+            closeHandshakeTimeout=2, autoPingInterval=ping_interval,
+            autoPingTimeout=ping_timeout)
 
     def buildProtocol(self, addr):
         proto = super().buildProtocol(addr)
@@ -114,12 +132,14 @@ class ControlService(service.Service):
 
     def __init__(self, reactor, address: ControlPlaneAddress, token: str,
                  channel: AgentChannel, retry_policy=None,
-                 endpoint: IStreamClientEndpoint | None = None) -> None:
+                 endpoint: IStreamClientEndpoint | None = None,
+                 ping_interval: float = PING_INTERVAL,
+                 ping_timeout: float = PING_TIMEOUT) -> None:
         self.channel = channel
         self.reactor = reactor
         policy = retry_policy or capped_backoff()
         factory = ControlClientFactory(channel, address.connect_url(channel.agent_id), token,
-                                       reactor)
+                                       reactor, ping_interval, ping_timeout)
         self.client = _ClientService(
             _ReportingEndpoint(endpoint or address.endpoint(reactor), channel), factory,
             retryPolicy=lambda attempt: policy(max(attempt, channel.failures)), clock=reactor)

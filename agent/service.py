@@ -1,7 +1,8 @@
 """The agent's service tree and its shutdown order.
 
 `build_agent` wires driver, journal, executor, tunnels and the control connection (no
-logic). `AgentService.startService` awaits the driver's discovery (`driver.start()`) before
+logic), holding the state directory's lock (agent/state_lock.py) from before the journal is
+opened until the very end of `stopService`. `AgentService.startService` awaits the driver's discovery (`driver.start()`) before
 the control connection starts, so the first `register` reports what really runs.
 `stopService` drains in an order that keeps the control plane told: new commands are
 refused, tunnels are closed, the driver shuts down by its own policy (the local driver
@@ -20,10 +21,11 @@ from twisted.logger import Logger
 
 from agent.channel import AgentChannel
 from agent.commands import CommandExecutor
-from agent.control import ControlService
+from agent.control import PING_INTERVAL, PING_TIMEOUT, ControlService
 from agent.endpoints import ControlPlaneAddress
 from agent.journal import CommandJournal
 from agent.platforms.base import PlatformDriver
+from agent.state_lock import StateDirLock
 from agent.tunnel import TunnelManager
 
 log = Logger()
@@ -35,14 +37,15 @@ COMMAND_DRAIN_SECONDS = 5.0
 class AgentService(service.MultiService):
     def __init__(self, reactor, driver: PlatformDriver, channel: AgentChannel,
                  executor: CommandExecutor, tunnels: TunnelManager,
-                 journal: CommandJournal) -> None:
+                 journal: CommandJournal, state_lock: StateDirLock) -> None:
         super().__init__()
         self.reactor = reactor
         self.driver, self.channel, self.executor = driver, channel, executor
-        self.tunnels, self.journal = tunnels, journal
+        self.tunnels, self.journal, self.state_lock = tunnels, journal, state_lock
 
     def startService(self) -> None:
         service.Service.startService(self)
+        self.state_lock.record_pid()  # twistd may have forked since makeService
         self._discovered = defer.maybeDeferred(self.driver.start)
         self._discovered.addCallback(self._start_children)
         self._discovered.addErrback(self._discovery_failed)
@@ -93,12 +96,17 @@ class AgentService(service.MultiService):
             self._discovered.cancel()
             service.Service.stopService(self)
         self.journal.close()
+        self.state_lock.release()
         log.info("agent stopped ({count} session(s) stopped)", count=len(stopped))
 
 
 def build_agent(reactor, *, agent_id: str, address: ControlPlaneAddress, token: str,
                 driver: PlatformDriver, state_dir: Path, region: str = "",
-                heartbeat_interval: float = 10.0, retry_policy=None) -> AgentService:
+                heartbeat_interval: float = 10.0, retry_policy=None,
+                state_lock: StateDirLock | None = None, ping_interval: float = PING_INTERVAL,
+                ping_timeout: float = PING_TIMEOUT) -> AgentService:
+    """Raises StateDirLocked if another agent holds `state_dir`."""
+    state_lock = (state_lock or StateDirLock(Path(state_dir))).acquire()
     channel = AgentChannel(agent_id=agent_id, platform_name=driver.name, region=region,
                            driver=driver, clock=reactor, heartbeat_interval=heartbeat_interval)
     tunnels = TunnelManager(reactor, address)
@@ -106,6 +114,7 @@ def build_agent(reactor, *, agent_id: str, address: ControlPlaneAddress, token: 
     executor = CommandExecutor(driver, tunnels, journal, channel.emit, channel.server_now,
                                reactor)
     channel.command_handler = executor.handle
-    agent = AgentService(reactor, driver, channel, executor, tunnels, journal)
-    ControlService(reactor, address, token, channel, retry_policy).setServiceParent(agent)
+    agent = AgentService(reactor, driver, channel, executor, tunnels, journal, state_lock)
+    ControlService(reactor, address, token, channel, retry_policy, ping_interval=ping_interval,
+                   ping_timeout=ping_timeout).setServiceParent(agent)
     return agent

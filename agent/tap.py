@@ -12,6 +12,7 @@ from agent.endpoints import ControlPlaneAddress
 from agent.platforms import build_driver
 from agent.platforms.base import Capacity
 from agent.service import build_agent
+from agent.state_lock import StateDirLock
 from streamspace_common import logs
 from streamspace_common.accel import check_websocket_acceleration
 from streamspace_common.settings import ConfigError
@@ -43,7 +44,17 @@ def makeService(options) -> service.IService:
     address = ControlPlaneAddress.parse(options["control_plane_url"],
                                         options["control_plane_ca_file"])
     state_dir = Path(options["state_dir"]).absolute()
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # before the driver exists: a driver may reap what it finds in the directory
+    state_lock = StateDirLock(state_dir).acquire()
+    try:
+        return _build(reactor, options, token, address, state_dir, state_lock)
+    except BaseException:
+        state_lock.release()
+        raise
+
+
+def _build(reactor, options, token: str, address: ControlPlaneAddress, state_dir: Path,
+           state_lock: StateDirLock) -> service.IService:
     capacity = Capacity(max_sessions=options["max_sessions"], max_cpu=options["max_cpu"],
                         max_memory_gb=options["max_memory"])
     driver = build_driver(options["platform"], reactor, options, state_dir, capacity)
@@ -53,4 +64,5 @@ def makeService(options) -> service.IService:
              url=address.url(""), state_dir=str(state_dir))
     return build_agent(reactor, agent_id=options["agent_id"], address=address, token=token,
                        driver=driver, state_dir=state_dir, region=options["region"],
-                       heartbeat_interval=options["heartbeat_interval"])
+                       heartbeat_interval=options["heartbeat_interval"],
+                       state_lock=state_lock)

@@ -191,7 +191,11 @@ class PlatformDriver(ABC):
     - start/stop/hibernate/wake take the command's `deadline` (agent clock,
       `reactor.seconds()`; None = no deadline) and return a cancellable Deferred: the
       executor cancels one that outlives its deadline, and the driver then cleans up what
-      it began (a start cancelled half-way leaves nothing running).
+      it began (a start cancelled half-way leaves nothing running) and fails it with
+      `CancelledError` (not a connect error from whatever it was waiting on).
+    - A session is listed `starting` from the moment its start begins (and reserves its
+      template's resources), `running` once its VNC server accepts RFB, `hibernated` while
+      its state is kept for a wake, also across agent restarts.
     - `vnc_endpoint(session_id)` is the only way to a session's VNC server: the driver
       returns an `IStreamClientEndpoint` (TCP to a process or a container, a Kubernetes
       Service, a Unix socket, the API server's port-forward). Nothing else is dialled.

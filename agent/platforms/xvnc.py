@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import deferLater
 
@@ -184,6 +185,9 @@ async def wait_for_rfb(reactor, endpoint: Callable[[], IStreamClientEndpoint],
             raise RfbNotReady("the VNC server exited before accepting connections")
         try:
             banner = await read_rfb_banner(reactor, endpoint())
+        except (defer.CancelledError, ConnectingCancelledError):
+            # the start itself was cancelled (its deadline), which is not "not ready yet"
+            raise defer.CancelledError() from None
         except Exception as e:  # refused, no socket yet, reset, timeout: not ready yet
             last = e
         else:

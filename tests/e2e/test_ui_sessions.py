@@ -4,8 +4,8 @@ real frame and takes keystrokes; live progress over the events stream; the viewe
 reconnect shortcut; hibernate and wake with automatic reconnection; isolation between
 users; the admin agents page counting what runs; delete with confirmation.
 
-Skipped (with the reason) only when something they need is missing from the server or
-the machine: the vnc-token or events endpoints, Xvnc, or a local agent that comes online.
+When something they need is missing (the vnc-token or events endpoints, Xvnc, a local
+agent that comes online) they fail with the reason: a missing prerequisite is never a pass.
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ def alice(server):
         ("GET", f"/api/v1/sessions/{uuid.uuid4()}/events", "GET /api/v1/sessions/{id}/events"),
     ) if not server.has_route(method, path)]
     if missing:
-        pytest.skip(f"waits for {', '.join(missing)} on the control plane")
+        pytest.fail(f"the control plane lacks {', '.join(missing)}")
     if shutil.which("Xvnc") is None:
-        pytest.skip("Xvnc (TigerVNC) is not installed: the local platform cannot run sessions")
+        pytest.fail("Xvnc (TigerVNC) is not installed: the local platform cannot run sessions "
+                    "(scripts/setup.sh installs it)")
     if not agent_online(server, "local", timeout=30):
-        pytest.skip("the dev-mode local agent did not come online")
+        pytest.fail("the dev-mode local agent did not come online within 30 s (see the "
+                    "server's log)")
     name = f"alice-{uuid.uuid4().hex[:6]}"
     server.create_user(name, PASSWORD)
     STATE["user"] = name

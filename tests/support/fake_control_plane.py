@@ -7,6 +7,11 @@ follows the document, not merely that it agrees with its own encoder.
 Endpoints: `/api/v1/agent/connect?agent_id=` (Bearer agent token) and
 `/api/v1/agent/tunnel/<tunnel_id>` (Bearer one-time secret, registered with
 `allow_tunnel`). Refusals happen before the upgrade (401/403/409), like the real hub.
+
+A second connection for a connected agent id is arbitrated as the hub does it (issue 10
+item 9, after Buildbot): the old connection is pinged with a short deadline; if it answers,
+the new one is refused with 409; if not, the old one is dropped and the new one admitted.
+`answer_pings = False` on a leg makes it a peer that no longer answers pings.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet import protocol, reactor
+from twisted.internet import defer, protocol, reactor
 
 from tests.support.polling import until
 from tests.support.tcp_peers import Flooder, PatternChecker
@@ -36,6 +41,7 @@ REQUIRED = {
     "complete": {"command_id", "result"},
     "failed": {"command_id", "reason"},
     "session_status": {"session_id", "state", "reason"},
+    "session_progress": {"session_id", "message"},
 }
 
 
@@ -48,6 +54,39 @@ class _Leg(WebSocketServerProtocol):
     cp: FakeControlPlane
     role = ""
     tunnel_id = ""
+    answer_pings = True
+    _pong_waiter: defer.Deferred | None = None
+
+    def onPing(self, payload: bytes) -> None:
+        if self.answer_pings:
+            self.sendPong(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        waiter, self._pong_waiter = self._pong_waiter, None
+        if waiter is not None and not waiter.called:
+            waiter.callback(True)
+
+    async def alive(self, timeout: float) -> bool:
+        """Ping it; True if it answers within `timeout` seconds."""
+        self._pong_waiter = defer.Deferred()
+        waiter = self._pong_waiter
+        waiter.addTimeout(timeout, reactor, onTimeoutCancel=lambda *_: False)
+        self.sendPing()
+        return await waiter
+
+    async def _arbitrate(self, request):
+        """A live agent keeps its connection; a dead one is replaced (see module doc)."""
+        cp, old = self.cp, self.cp.control
+        if old is not None and await old.alive(cp.arbitration_timeout):
+            cp.refusals.append(409)
+            raise ConnectionDeny(409, "agent_already_connected")
+        if old is not None and cp.control is old:
+            cp.replaced += 1
+            cp.control = None
+            old.transport.abortConnection()
+        self.role = "control"
+        self.registered = False
+        return None
 
     def onConnect(self, request):
         cp = self.cp
@@ -61,8 +100,7 @@ class _Leg(WebSocketServerProtocol):
                 cp.refusals.append(401)
                 raise ConnectionDeny(401, "unauthorized")
             if cp.control is not None:
-                cp.refusals.append(409)
-                raise ConnectionDeny(409, "agent_already_connected")
+                return defer.ensureDeferred(self._arbitrate(request))
             self.role = "control"
             self.registered = False
             return None
@@ -195,6 +233,8 @@ class FakeControlPlane:
         self.refusals: list[int] = []
         self.closes: list[tuple[int | None, str | None]] = []
         self.connections = 0
+        self.replaced = 0  # old connections dropped because they no longer answered pings
+        self.arbitration_timeout = 0.5
         self.control: _Leg | None = None
         self.secrets: dict[str, str] = {}
         self.tunnels: dict[str, _Leg] = {}

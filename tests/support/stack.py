@@ -199,7 +199,7 @@ class Stack:
                 agent.proc.wait()
 
     def xvnc_count(self, agent: AgentProcess, session_id: str) -> int:
-        return len(inner_pids(agent.state_dir, session_id, "Xvnc"))
+        return len(xvnc_pids(agent, session_id))
 
     def cleanup_agents(self) -> list[int]:
         """Stop every agent (SIGTERM: they stop their sessions), then sweep: whatever still
@@ -210,6 +210,13 @@ class Stack:
         for state_dir in {agent.state_dir for agent in self.agents}:
             leaked += kill_leftovers(state_dir)
         return leaked
+
+
+
+def xvnc_pids(agent: AgentProcess, session_id: str) -> list[int]:
+    """The session's Xvnc processes, inside its sandbox (one that exits while we look is not
+    counted)."""
+    return inner_pids(agent.state_dir, session_id, "Xvnc")
 
 
 def make_stack(dsn: str, **env) -> Stack:

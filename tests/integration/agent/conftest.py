@@ -35,13 +35,14 @@ class AgentRunner:
         self.services = []
 
     def start(self, driver=None, token=None, heartbeat_interval=10.0, state_dir=None,
-              address=None):
+              address=None, **options):
+        """`options` go to build_agent (ping_interval, ping_timeout, retry_policy)."""
         driver = driver or FakeDriver()
         agent = build_agent(reactor, agent_id=self.cp.agent_id,
                             address=address or ControlPlaneAddress.parse(self.cp.url),
                             token=token or self.cp.token, driver=driver,
                             state_dir=state_dir or self.state_dir,
-                            heartbeat_interval=heartbeat_interval)
+                            heartbeat_interval=heartbeat_interval, **options)
         agent.startService()
         self.services.append(agent)
         return agent

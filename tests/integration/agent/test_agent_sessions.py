@@ -152,6 +152,7 @@ async def test_twistd_agent_sigterm_stops_sessions_and_says_so(control_plane, st
     assert 1000 in [code for code, _ in control_plane.closes]
     text = log.read_text()
     assert control_plane.token not in text  # the token never reaches the log
+    assert "Unhandled error" not in text and "Traceback" not in text, text[-3000:]
 
 
 @pytest_twisted.ensureDeferred
@@ -164,6 +165,21 @@ async def test_killed_agent_is_reconciled_by_its_next_start(control_plane, state
     start_id = control_plane.command("start_session", SID,
                                      {"template": TEMPLATE, "user": USER, "name": ""})
     assert (await control_plane.outcome(start_id, 30))["type"] == "complete"
+
+    # a second agent on the same state directory is refused, naming it and the holder,
+    # and touches nothing (issue 9 items 5 and 15: it used to reap the first's sessions)
+    second_log = tmp_path / "second.log"
+    second = start_twistd(control_plane, state, second_log)
+    processes.append(second)
+    await until(lambda: second.poll() is not None, 30, what="the second agent refusing")
+    refusal = second_log.read_text()
+    assert second.returncode != 0, refusal
+    assert f"the state directory {state.absolute()} is in use by another agent " \
+           f"(pid {proc.pid})" in refusal
+    assert "Traceback" not in refusal
+    assert xvnc_cmdlines(state) and control_plane.connections == 1
+    assert len(control_plane.of_type("register")) == 1
+
     proc.send_signal(signal.SIGKILL)
     await until(lambda: proc.poll() is not None, 10, what="the agent dead")
     # its sessions' sandboxes die with it (bwrap --die-with-parent)
@@ -177,11 +193,13 @@ async def test_killed_agent_is_reconciled_by_its_next_start(control_plane, state
     # it reports no sessions and left nothing running...
     assert control_plane.of_type("register")[1]["payload"]["sessions"] == []
     await until(lambda: session_pids(state) == [], 10, what="orphans reaped")
-    # ...and a redelivered command is answered from the journal, not run again
+    # ...and a redelivered start is not run again, nor answered with its stored success:
+    # the session it started was reaped, so "complete" would be a lie (issue 10 item 1)
     control_plane.command("start_session", SID,
                           {"template": TEMPLATE, "user": USER, "name": ""}, command_id=start_id)
-    await until(lambda: len(control_plane.about(start_id, "complete")) == 2, 10,
-                what="the stored outcome")
+    failed = await until(lambda: control_plane.about(start_id, "failed"), 10,
+                         what="the checked outcome")
+    assert "no longer runs it" in failed[0]["payload"]["reason"]
     assert session_pids(state) == []
     proc2.send_signal(signal.SIGTERM)
     await until(lambda: proc2.poll() is not None, 20, what="twistd exiting")

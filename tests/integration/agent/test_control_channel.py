@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from agent.platforms.base import VncEndpoint
-from tests.support.fake_driver import FakeDriver
+from tests.support.fake_driver import FakeDriver, FakePlatform
 from tests.support.polling import sleep, until
 
 TEMPLATE = {"name": "xterm", "cpu": 1, "memory_mb": 512, "env": {}, "persistent_home": False,
@@ -65,7 +65,8 @@ async def test_command_is_acked_then_completed(control_plane, agents):
 
 @pytest_twisted.ensureDeferred
 async def test_redelivered_command_runs_once(control_plane, agents, tmp_path):
-    driver = FakeDriver()
+    platform = FakePlatform()  # sessions outlive the agent, as containers do
+    driver = FakeDriver(platform=platform)
     agent = agents.start(driver)
     await control_plane.wait_connected()
     data = {"template": TEMPLATE, "user": USER, "name": ""}
@@ -76,9 +77,9 @@ async def test_redelivered_command_runs_once(control_plane, agents, tmp_path):
     await until(lambda: len(control_plane.about(cid, "complete")) == 4, 5,
                 what="every delivery answered")
     assert driver.calls == [("start_session", "s1")]
-    # ...also across an agent restart: the journal is on disk
+    # ...also across an agent restart: the journal is on disk (and s1 still runs)
     await agents.stop(agent)
-    driver2 = FakeDriver()
+    driver2 = FakeDriver(platform=platform)
     agents.start(driver2)
     await until(lambda: control_plane.connections == 2 and control_plane.control, 5,
                 what="the restarted agent")

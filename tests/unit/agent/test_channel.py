@@ -12,11 +12,16 @@ from tests.support.fake_driver import FakeDriver
 
 
 class FakeLink:
+    """A link that, like autobahn's protocol, can no longer send once closing."""
+
     def __init__(self):
         self.sent, self.closed = [], None
 
     def send_text(self, text):
+        if self.closed is not None:
+            return False
         self.sent.append(json.loads(text))
+        return True
 
     def close(self, code, reason):
         self.closed = (code, reason)
@@ -63,7 +68,7 @@ def test_heartbeats_start_after_registered_at_the_shorter_interval(setup):
     clock, driver, channel, _ = setup
     link = FakeLink()
     channel.link_opened(link)
-    clock.advance(30)
+    clock.advance(REGISTER_TIMEOUT - 1)
     assert link.types() == ["register"]  # nothing before `registered`
     channel.link_message(link, registered(channel, clock, interval=4))
     clock.advance(3.9)
@@ -187,3 +192,64 @@ def test_a_registered_connection_resets_the_failure_count(setup):
     assert channel.failures == 0
     channel.link_closed(link, 1006, "lost")
     assert channel.failures == 0  # it had worked: reconnect fast
+
+
+def test_a_closing_link_never_raises_and_outcomes_wait_for_the_next_one(setup):
+    """Issue 10 item 10: between our close frame and the close itself, heartbeats and
+    outcomes used to raise out of autobahn ("Unhandled error in Deferred" at every
+    shutdown) and the outcome was lost."""
+    clock, driver, channel, _ = setup
+    link = FakeLink()
+    channel.link_opened(link)
+    channel.link_message(link, registered(channel, clock, interval=1))
+    clock.advance(1)
+    assert link.types() == ["register", "heartbeat"]
+    channel.close(1000, "agent shutting down")  # closing, not closed yet
+    clock.advance(5)  # heartbeats fire into the closing link: nothing raises
+    channel.emit("ack", {"command_id": "c1"}, False)
+    channel.emit("complete", {"command_id": "c1", "result": {}})
+    channel.session_status("s1", "failed", "the agent was shut down")
+    assert link.types() == ["register", "heartbeat"]
+    assert list(channel.outbox) == [
+        ("complete", {"command_id": "c1", "result": {}}),
+        ("session_status", {"session_id": "s1", "state": "failed",
+                            "reason": "the agent was shut down"})]
+    channel.link_closed(link, 1000, "")
+    again = FakeLink()
+    channel.link_opened(again)
+    channel.link_message(again, registered(channel, clock))
+    assert again.types() == ["register", "complete", "session_status"]
+    assert not channel.outbox
+
+
+def test_an_outbox_flush_cut_short_keeps_the_rest(setup):
+    clock, _, channel, _ = setup
+    for i in range(3):
+        channel.emit("complete", {"command_id": f"c{i}", "result": {}})
+
+    class OneFrameLink(FakeLink):
+        def send_text(self, text):
+            sent = super().send_text(text)
+            if len(self.sent) == 2:  # register, then one outcome: the link starts closing
+                self.closed = (1006, "gone")
+            return sent
+
+    link = OneFrameLink()
+    channel.link_opened(link)
+    channel.link_message(link, registered(channel, clock))
+    assert link.types() == ["register", "complete"]
+    assert [p["command_id"] for _, p in channel.outbox] == ["c1", "c2"]
+
+
+def test_a_refused_upgrade_says_what_to_check(setup):
+    from twisted.logger import capturedLogs, formatEvent
+
+    _, _, channel, _ = setup
+    with capturedLogs() as events:
+        channel.link_failed("WebSocket connection upgrade failed [409]: Conflict")
+        channel.link_failed("WebSocket connection upgrade failed [401]: Unauthorized")
+    lines = [formatEvent(e) for e in events]
+    assert "has a live connection for agent agent-1, which answers its pings: is another " \
+           "agent running with this AGENT_ID?" in lines[0]
+    assert "check AGENT_ID and AGENT_TOKEN/AGENT_TOKEN_FILE" in lines[1]
+    assert channel.failures == 2  # both count: the backoff grows

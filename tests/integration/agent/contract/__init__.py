@@ -1,0 +1,1 @@
+"""The driver contract suite's harnesses: one per driver (see harness.py)."""
