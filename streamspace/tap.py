@@ -90,11 +90,11 @@ def resolve_jwt_secret(options, state_dir: Path) -> str:
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
-    from streamspace.agents.service import build_fleet
+    from streamspace.agents.service import Readiness, build_fleet
     from streamspace.api.app import build_api
     from streamspace.api.catalog import catalog_hook, load_catalog
     from streamspace.context import AppContext
-    from streamspace.local_agent import LocalAgentService
+    from streamspace.local_agent import LOCAL_AGENT_ID, LocalAgentService
     from streamspace.relay.proxy import VncProxy
     from streamspace.sessions.routes import SessionRoutes
     from streamspace.static import build_static_resource
@@ -164,7 +164,7 @@ def makeService(options) -> service.IService:
 
     api_resource, api_map = build_api(ctx)
     web_root = ControlPlaneWeb(
-        database, api=api_resource,
+        Readiness(database, fleet.service), api=api_resource,
         websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
                     "agent_tunnel": proxy.tunnel_endpoint()},
         session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle),
@@ -174,6 +174,12 @@ def makeService(options) -> service.IService:
     web.setServiceParent(root)
 
     url = f"http://localhost:{options['port']}"
-    reactor.callWhenRunning(
-        log.info, "StreamSpace control plane listening on {url}", url=url)
+    if options["local_agent"] and is_dev(options):
+        # the URL is worth opening once a session can start: when the local agent is in
+        fleet.hub.when_registered(LOCAL_AGENT_ID).addCallback(
+            lambda _: log.info("StreamSpace is ready (local agent online): open {url}",
+                               url=url))
+    else:
+        reactor.callWhenRunning(
+            log.info, "StreamSpace control plane listening on {url}", url=url)
     return root
