@@ -104,9 +104,14 @@ def encode(frame_type: str, payload: dict[str, Any], now: float,
 
 def decode(data: bytes | str, known: dict[str, tuple[str, ...]] = SERVER_TO_AGENT) -> Frame:
     """Parse and validate one received frame against the types in `known`."""
-    size = len(data.encode("utf-8") if isinstance(data, str) else data)
+    size = len(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
     if size > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {size} bytes is over the 64 KiB cap")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")  # a text frame is UTF-8 (json.loads would guess)
+        except UnicodeDecodeError:
+            raise ProtocolError("frame is not valid UTF-8") from None
     try:
         obj = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
                          parse_int=_bounded_int)

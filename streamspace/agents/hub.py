@@ -199,12 +199,16 @@ class AgentHub:
         open (once closed, the agent sends it again: redelivery and its journal)."""
         return await self._retrying(work, lambda: link.is_live and not self.stopping)
 
-    async def _best_effort(self, work: Callable[[], Awaitable[Any]]) -> None:
-        """Heartbeat-like reports: the next one says the same, so an outage skips them."""
+    async def _best_effort(self, work: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Heartbeat-like reports: the next one says the same, so one that cannot be
+        stored (an outage, a bug) is skipped alone; the connection stays up."""
         try:
             await work()
         except DatabaseUnavailable as e:
             self._trouble(e)
+            return
+        except Exception:
+            log.failure("storing {what} failed; skipped", what=what)
             return
         self._recovered()
 
@@ -236,9 +240,10 @@ class AgentHub:
             usage = payloads.usage(p.get("usage"))
             reported = payloads.sessions_list(p.get("sessions"))
             await self._best_effort(
-                lambda: fleet.record_heartbeat(self.db, agent_uuid, link.conn_id, usage))
+                lambda: fleet.record_heartbeat(self.db, agent_uuid, link.conn_id, usage),
+                "a heartbeat")
             await self._best_effort(lambda: self.lifecycle.agent_reported(
-                agent_uuid, reported, registering=False))
+                agent_uuid, reported, registering=False), "a heartbeat's session list")
         elif frame.type == "ack":
             command_id = payloads.uuid_of(p["command_id"], "command_id")
             if command_id not in self._ephemeral:
@@ -256,7 +261,7 @@ class AgentHub:
             session_id = payloads.uuid_of(p["session_id"], "session_id")
             message = payloads.reason(p["message"])
             await self._best_effort(lambda: self.lifecycle.session_progress(
-                agent_uuid, session_id, message))
+                agent_uuid, session_id, message), "a progress event")
         elif frame.type == "session_status":
             session_id = payloads.uuid_of(p["session_id"], "session_id")
             state = p["state"]

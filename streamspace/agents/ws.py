@@ -164,6 +164,9 @@ class AgentControlFactory(WebSocketServerFactory):
             # pings find half-open sockets (any frame received counts as an answer)
             autoPingInterval=hub.heartbeat_interval, autoPingTimeout=hub.heartbeat_timeout,
             closeHandshakeTimeout=5, openHandshakeTimeout=10,
+            # invalid UTF-8 is refused by wire.decode with a 4000 and its reason; other
+            # WebSocket violations (oversize) get a close frame with the code, not a drop
+            utf8validateIncoming=False, failByDrop=False,
             perMessageCompressionAccept=lambda offers: None,
         )
 

@@ -34,25 +34,27 @@ class DatabaseStub:
         return True, "ok"
 
 
-async def _await(d):
-    return await d
-
-
-def serve_hub(db, **options):
-    """(base "host:port", fleet, stop()) for a hub on 127.0.0.1 over `db`."""
+async def start_hub(db, **options):
+    """(base "host:port", fleet, async stop()) for a hub on 127.0.0.1 over `db`."""
     settings = {"heartbeat_timeout": 2.0, "command_timeout": 2.0, "heartbeat_interval": 0.5,
                 "sweep_interval": 0.2, **options}
     fleet = build_fleet(reactor, DatabaseStub(db), **settings)
     fleet.service.startService()
-    run(until(lambda: fleet.hub.accepting, what="the hub to accept agents"))
+    await until(lambda: fleet.hub.accepting, what="the hub to accept agents")
     site = make_site(ControlPlaneWeb(fleet.service, websockets=fleet.websockets()))
     port = reactor.listenTCP(0, site, interface="127.0.0.1")
 
-    def stop():
-        run(_await(fleet.service.stopService()))
-        run(_await(port.stopListening()))
+    async def stop():
+        await fleet.service.stopService()
+        await port.stopListening()
 
     return f"127.0.0.1:{port.getHost().port}", fleet, stop
+
+
+def serve_hub(db, **options):
+    """`start_hub` for synchronous fixtures: (base, fleet, stop())."""
+    base, fleet, stop = run(start_hub(db, **options))
+    return base, fleet, lambda: run(stop())
 
 
 @pytest.fixture
@@ -151,6 +153,18 @@ def listed(reported: dict) -> list[dict]:
 
 def heartbeat(client: TestClient) -> None:
     client.frame("heartbeat", {"usage": {}, "sessions": listed(client.reported)})
+
+
+async def processed(db, client: TestClient, agent_id: str) -> None:
+    """Frames of one agent are handled in order: once a heartbeat sent now is recorded,
+    everything the client sent before it has been handled."""
+    _, before = await agent_status(db, agent_id)
+    heartbeat(client)
+
+    async def recorded():
+        return (await agent_status(db, agent_id))[1] > before
+
+    await poll(recorded, what="the frames before a heartbeat to be handled")
 
 
 async def answer_start(client: TestClient, session_id: str | None = None) -> dict:

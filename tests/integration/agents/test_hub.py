@@ -14,7 +14,9 @@ from tests.support.http import poll
 from tests.support.hub_agents import (
     agent_status,
     make_agent,
+    processed,
     registered_client,
+    serve_hub,
 )
 
 
@@ -46,12 +48,8 @@ async def test_register_heartbeat_and_duplicate_refused(hub_server):
     client = await registered_client(base, "agent-2", token)
     status, first = await agent_status(db, "agent-2")
     assert status == "online" and first is not None
-    client.frame("heartbeat", {"usage": {"sessions": 0}, "sessions": []})
-
-    async def beat_recorded():
-        return (await agent_status(db, "agent-2"))[1] > first
-
-    await poll(beat_recorded, what="heartbeat to update last_heartbeat")
+    await processed(db, client, "agent-2")  # its heartbeat updates last_heartbeat
+    # a second connection while this one answers pings is refused
     r = await treq.get(f"http://{base}/api/v1/agent/connect?agent_id=agent-2",
                        headers={"Authorization": f"Bearer {token}", "Upgrade": "websocket",
                                 "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -66,12 +64,35 @@ async def test_register_heartbeat_and_duplicate_refused(hub_server):
     await poll(offline, what="agent to be marked offline after it closed")
 
 
+HB = b'{"type": "heartbeat", "id": "x", "timestamp": "t", "payload": {"sessions": [], ' \
+     b'"usage": %s}}'
+
+
 @pytest.mark.parametrize("bad", [
     b"not json at all", b"[1, 2, 3]", b'{"type": "launch_missiles", "id": "x", "payload": {}}',
     b'{"type": "ack", "id": "x", "payload": {}}',
     b'{"type": "ack", "id": "x", "payload": {"command_id": "not-a-uuid"}}',
     b'{"type": "register", "id": "x", "payload": {"agent_id": "bad-1", "platform": "local", '
     b'"protocol_version": 1}}',
+    # values no database or reader takes (issue 9, items 9 and 14)
+    HB % b'{"sessions": NaN, "cpu": 0, "memory_gb": 0}',
+    HB % b'{"sessions": 1, "cpu": Infinity}',
+    HB % b'{"sessions": 1e400}',
+    HB % (b'{"sessions": ' + b"9" * 400 + b"}"),
+    HB % b'{"sessions": -1}',
+    HB % b'{"sessions": "many"}',
+    HB % (b'{"x": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    HB % (b'{"deep": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}"),
+    b'{"type": "session_progress", "id": "x", "timestamp": "t", "payload": {"session_id": '
+    b'"6b1f3b7e-9a52-4f0c-9d8e-2b1d3c4e5f60", "message": "nul \\u0000 here"}}',
+    b'{"type": "session_progress", "id": "x", "timestamp": "t", "payload": {"session_id": '
+    b'"6b1f3b7e-9a52-4f0c-9d8e-2b1d3c4e5f60", "message": "half \\ud800 a pair"}}',
+    b'{"type": "heartbeat", "id": "x", "timestamp": "t", "payload": {"usage": {}, '
+    b'"sessions": [{"session_id": "6b1f3b7e-9a52-4f0c-9d8e-2b1d3c4e5f60", "state": "asleep"}]}}',
+    b'{"type": "heartbeat", "id": "x", "timestamp": "t", "payload": {"usage": {}, '
+    b'"sessions": "all of them"}}',
+    b'{"type": "session_status", "id": "x", "timestamp": "t", "payload": {"session_id": '
+    b'"6b1f3b7e-9a52-4f0c-9d8e-2b1d3c4e5f60", "state": "exploded", "reason": ""}}',
 ])
 @pytest_twisted.ensureDeferred
 async def test_garbage_disconnects_only_that_agent(hub_server, bad):
@@ -90,16 +111,13 @@ async def test_garbage_disconnects_only_that_agent(hub_server, bad):
 
     await poll(bad_offline, what="the misbehaving agent to be marked offline")
     # the hub still serves the other agent: its next heartbeat is recorded
-    _, before = await agent_status(db, "good-1")
-    good.frame("heartbeat", {"usage": {}, "sessions": []})
-
-    async def recorded():
-        status, beat = await agent_status(db, "good-1")
-        return status == "online" and beat > before
-
-    await poll(recorded, what="the well-behaved agent's heartbeat")
+    await processed(db, good, "good-1")
+    assert (await agent_status(db, "good-1"))[0] == "online"
     assert not good.closed.called
     good.close()
+    # the closed agent was forgotten at once: it can connect again (no 409)
+    again = await registered_client(base, "bad-1", token_bad)
+    again.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -143,3 +161,56 @@ async def test_revoked_agent_is_disconnected(hub_server):
     await fleet.hub.agent_revoked("a-revoke")
     code, reason = await client.wait_closed()
     assert code == 4001 and "revoked" in reason
+
+
+@pytest.fixture
+def patient_hub(db):
+    """A hub whose heartbeat timeout is long: only arbitration can end a frozen link."""
+    base, fleet, stop = serve_hub(db, heartbeat_timeout=60.0)
+    yield base, fleet, db
+    stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_connection_replaces_one_that_does_not_answer_a_ping(patient_hub):
+    """Issue 10 item 9: the old connection of an agent id is a half-open socket (or a
+    frozen process): it reads nothing, so it cannot answer. A new connection is not
+    refused with 409 for ever: the old one is pinged, found dead within the probe
+    deadline, closed with 4002 and replaced."""
+    base, fleet, db = patient_hub
+    agent_uuid, token = await make_agent(db, "a-frozen")
+    old = await registered_client(base, "a-frozen", token, keepalive=False)
+    old_conn = fleet.hub.links[agent_uuid].conn_id
+    old.protocol.transport.pauseProducing()  # reads nothing from now on
+    new = await registered_client(base, "a-frozen", token)
+    assert fleet.hub.links[agent_uuid].conn_id != old_conn
+    rows = await db.query("SELECT status, websocket_conn_id FROM agents WHERE id = %s",
+                          (agent_uuid,))
+    assert rows[0] == ("online", fleet.hub.links[agent_uuid].conn_id)
+    await processed(db, new, "a-frozen")
+    old.protocol.transport.resumeProducing()
+    code, reason = await old.wait_closed()
+    assert code in (4002, 1006), (code, reason)  # the close frame, or just the drop
+    assert fleet.hub.links[agent_uuid].conn_id != old_conn
+    new.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_hub_pings_its_agents(hub_server):
+    """WebSocket pings on every agent connection (they find half-open sockets)."""
+    from tests.support.polling import until
+
+    base, fleet, db = hub_server
+    _, token = await make_agent(db, "a-pinged")
+    client = await registered_client(base, "a-pinged", token)
+    pings = []
+    answer = client.protocol.onPing
+
+    def on_ping(payload):
+        pings.append(payload)
+        answer(payload)
+
+    client.protocol.onPing = on_ping
+    await until(lambda: len(pings) >= 2, timeout=10, what="two pings from the hub")
+    assert not client.closed.called
+    client.close()

@@ -7,29 +7,16 @@ import pytest_twisted
 
 from tests.support.http import poll
 from tests.support.hub_agents import (
-    agent_status,
     answer_start,
     commands_of,
     events_of,
-    heartbeat,
     make_agent,
     make_session,
+    processed,
     registered_client,
     state_of,
     wait_state,
 )
-
-
-async def processed(db, client, agent_id):
-    """Frames of one agent are handled in order: once a heartbeat sent now is recorded,
-    everything the client sent before it has been handled."""
-    _, before = await agent_status(db, agent_id)
-    heartbeat(client)
-
-    async def recorded():
-        return (await agent_status(db, agent_id))[1] > before
-
-    await poll(recorded, what="the frames before a heartbeat to be handled")
 
 
 @pytest_twisted.ensureDeferred
