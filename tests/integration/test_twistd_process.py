@@ -102,7 +102,9 @@ def _wait_exit(proc, timeout=60):
 
 def test_make_run_mode_with_local_agent_and_a_session_stops_everything(state_dir):
     """`make run`'s configuration: embedded database, local agent, a running session.
-    Ctrl-C (SIGINT) must leave no postgres, agent, Xvnc or application process behind."""
+    A session asked for as soon as /ready answers (the local agent may not be online yet)
+    waits for it and runs; the URL is printed once the agent is online. Ctrl-C (SIGINT)
+    must leave no postgres, agent, Xvnc or application process behind."""
     import json
     import signal
     import urllib.request
@@ -126,8 +128,8 @@ def test_make_run_mode_with_local_agent_and_a_session_stops_everything(state_dir
         wait_http(base + "/ready", timeout=60)
         token = call("POST", "/api/v1/auth/login",
                      {"username": "admin", "password": "admin-password-1"})["token"]
-        _poll(lambda: _agent_online(call, token), "the local agent to come online")
         session = call("POST", "/api/v1/sessions", {"template": "terminal"}, token)
+        _poll(lambda: _agent_online(call, token), "the local agent to come online")
         _poll(lambda: call("GET", f"/api/v1/sessions/{session['id']}", token=token)["state"]
               == "running", "the session to run on the local agent")
         children = descendants(proc.pid)
@@ -137,6 +139,8 @@ def test_make_run_mode_with_local_agent_and_a_session_stops_everything(state_dir
         out = stop(proc, sig=signal.SIGINT)
     assert proc.returncode in (0, -2, -15), out
     assert wait_gone(children) == set(), f"left behind: {children}\n{out[-3000:]}"
+    ready = out.index(f"StreamSpace is ready (local agent online): open http://localhost:{port}")
+    assert out.index("agent local registered") < ready, out[-3000:]
 
 
 def _agent_online(call, token):
