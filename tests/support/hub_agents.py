@@ -178,3 +178,12 @@ async def answer_start(client: TestClient, session_id: str | None = None) -> dic
     client.reported[p["session_id"]] = "running"
     client.frame("complete", {"command_id": p["command_id"], "result": {}})
     return p
+
+
+async def running_session(fleet, db, client: TestClient) -> str:
+    """A new session, placed, started by the scripted agent `client`, running."""
+    sid = await make_session(db)
+    await fleet.lifecycle.session_changed(sid)
+    await answer_start(client, sid)
+    await wait_state(db, sid, "running")
+    return sid

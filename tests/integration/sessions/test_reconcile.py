@@ -9,24 +9,15 @@ import pytest_twisted
 
 from tests.support.http import poll
 from tests.support.hub_agents import (
-    answer_start,
     commands_of,
     events_of,
     heartbeat,
     make_agent,
-    make_session,
     registered_client,
+    running_session,
     state_of,
     wait_state,
 )
-
-
-async def running_session(fleet, db, client):
-    sid = await make_session(db)
-    await fleet.lifecycle.session_changed(sid)
-    await answer_start(client, sid)
-    await wait_state(db, sid, "running")
-    return sid
 
 
 async def audit_rows(db, session_id):

@@ -8,12 +8,12 @@ import pytest_twisted
 from streamspace.db import sessions as session_rows
 from tests.support.http import poll
 from tests.support.hub_agents import (
-    answer_start,
     commands_of,
     events_of,
     make_agent,
     make_session,
     registered_client,
+    running_session,
     state_of,
     wait_state,
 )
@@ -56,10 +56,7 @@ async def test_a_sweep_acts_on_what_is_true_not_on_the_snapshot_it_read(hub_serv
 
 async def idle_running_session(fleet, db, client, idle_timeout=1.0):
     fleet.lifecycle.idle_timeout = idle_timeout
-    sid = await make_session(db)
-    await fleet.lifecycle.session_changed(sid)
-    await answer_start(client, sid)
-    await wait_state(db, sid, "running")
+    sid = await running_session(fleet, db, client)
     await db.execute("UPDATE sessions SET last_activity = now() - interval '1 hour' "
                      "WHERE id = %s", (sid,))
     return sid
