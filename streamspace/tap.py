@@ -112,11 +112,11 @@ def resolve_jwt_secret(options, state_dir: Path) -> str:
 def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
-    from streamspace.agents.service import build_fleet
+    from streamspace.agents.service import Readiness, build_fleet
     from streamspace.api.app import build_api
     from streamspace.api.catalog import catalog_hook, load_catalog
     from streamspace.context import AppContext
-    from streamspace.local_agent import LocalAgentService
+    from streamspace.local_agent import LOCAL_AGENT_ID, LocalAgentService
     from streamspace.metrics_endpoint import MetricsAccess, metrics_site
     from streamspace.metrics_refresh import FleetRefresher
     from streamspace.relay.proxy import VncProxy
@@ -196,7 +196,7 @@ def makeService(options) -> service.IService:
 
     api_resource, api_map = build_api(ctx)
     web_root = ControlPlaneWeb(
-        database, api=api_resource,
+        Readiness(database, fleet.service), api=api_resource,
         websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
                     "agent_tunnel": proxy.tunnel_endpoint()},
         session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle),
@@ -215,6 +215,11 @@ def makeService(options) -> service.IService:
         metrics_web.setServiceParent(root)
         listeners.append(metrics_web)
     reactor.callWhenRunning(_banner, listeners, public_url(options))
+    if options["local_agent"] and is_dev(options):
+        # the URL is worth opening once a session can start: when the local agent is in
+        fleet.hub.when_registered(LOCAL_AGENT_ID).addCallback(
+            lambda _: log.info("StreamSpace is ready (local agent online): open {url}",
+                               url=web.url()))
     return root
 
 

@@ -91,12 +91,6 @@ class ControlPlaneWeb:
             return error_body(request, 404, "not_found", "this endpoint is not available")
         return self.session_routes.vnc_token(request, session_id)
 
-    @app.route(API_PREFIX + "/sessions/<session_id>/events", methods=["GET"])
-    def session_events(self, request, session_id):
-        if self.session_routes is None:
-            return error_body(request, 404, "not_found", "this endpoint is not available")
-        return self.session_routes.events(request, session_id)
-
     @app.route(API_PREFIX + "/", branch=True)
     def api_branch(self, request):
         if self.api is None:

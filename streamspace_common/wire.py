@@ -11,6 +11,7 @@ can go straight into a 4000 close.
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +24,17 @@ MAX_FRAME_BYTES = 64 * 1024
 CLOSE_NORMAL = 1000
 CLOSE_PROTOCOL_ERROR = 4000
 CLOSE_UNAUTHORIZED = 4001
+CLOSE_REPLACED = 4002  # a newer connection for the same agent id took over
 CLOSE_HEARTBEAT_TIMEOUT = 4003
+# The control plane could not process a frame (its bug, not the agent's): the agent
+# reconnects, and what it had sent is asked again through redelivery. (1011 is what RFC
+# 6455 names for this, but WebSocket libraries such as autobahn let applications send
+# only 1000 and 3000-4999, the rest being the protocol's own.)
+CLOSE_INTERNAL_ERROR = 4011
+
+# Limits on what a received frame may contain (it is JSON from a peer).
+MAX_DEPTH = 32  # nesting of objects and arrays, the frame itself included
+MAX_INTEGER = 2 ** 53  # larger integers lose precision in JSON readers: refused
 
 # Required payload fields per frame type, both directions.
 AGENT_TO_SERVER: dict[str, tuple[str, ...]] = {
@@ -93,13 +104,24 @@ def encode(frame_type: str, payload: dict[str, Any], now: float,
 
 def decode(data: bytes | str, known: dict[str, tuple[str, ...]] = SERVER_TO_AGENT) -> Frame:
     """Parse and validate one received frame against the types in `known`."""
-    size = len(data.encode("utf-8") if isinstance(data, str) else data)
+    size = len(data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data)
     if size > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {size} bytes is over the 64 KiB cap")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")  # a text frame is UTF-8 (json.loads would guess)
+        except UnicodeDecodeError:
+            raise ProtocolError("frame is not valid UTF-8") from None
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, parse_constant=_no_constant, parse_float=_finite_float,
+                         parse_int=_bounded_int)
+    except ProtocolError:
+        raise
+    except RecursionError:
+        raise ProtocolError("frame is nested too deeply") from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError("frame is not valid JSON") from None
+    _check_values(obj)
     if not isinstance(obj, dict):
         raise ProtocolError("frame is not a JSON object")
     for field in ("type", "id", "timestamp", "payload"):
@@ -117,6 +139,54 @@ def decode(data: bytes | str, known: dict[str, tuple[str, ...]] = SERVER_TO_AGEN
         raise ProtocolError(f"unknown frame type {frame_type!r}")
     _check_payload(frame_type, payload, known)
     return Frame(frame_type, frame_id, timestamp, payload)
+
+
+def _no_constant(name: str) -> Any:
+    raise ProtocolError(f"frame contains {name}, which JSON does not allow")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ProtocolError(f"frame contains a number out of range ({text[:20]})")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 20:
+        raise ProtocolError(f"frame contains a number out of range ({text[:20]}...)")
+    value = int(text)
+    if abs(value) > MAX_INTEGER:
+        raise ProtocolError(f"frame contains a number out of range ({text})")
+    return value
+
+
+def _check_values(obj: Any) -> None:
+    """Nesting at most MAX_DEPTH; every string (keys too) free of NUL and of lone
+    surrogates, which no database or UTF-8 encoder accepts."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise ProtocolError(f"frame is nested deeper than {MAX_DEPTH} levels")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    _check_text(key)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
+
+
+def _check_text(text: str) -> None:
+    if "\0" in text:
+        raise ProtocolError("frame contains a NUL character in a string")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("frame contains a string that is not valid Unicode") from None
 
 
 def _check_payload(frame_type: str, payload: dict[str, Any],

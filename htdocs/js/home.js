@@ -1,5 +1,7 @@
 // Home: the template catalog and my sessions, each followed live through its events
 // stream while it is on its way somewhere (starting, hibernating, waking, terminating).
+// States and actions as docs/operations.md describes them: Hibernate a running session,
+// Wake a hibernated one, Restart a stopped or failed one (same template, same home).
 
 import { del, get, patch, post, requireLogin, withQuery } from './api.js';
 import { RESTING, followSession } from './sse.js';
@@ -11,6 +13,10 @@ import {
 const STARTUP = ['pending', 'scheduled', 'starting', 'running'];
 const ACTIVE = new Set(['pending', 'scheduled', 'starting', 'running', 'hibernating', 'waking', 'unreachable']);
 const REFRESH_MS = 30000; // resting sessions can still change (a process dies): re-list now and then
+const RESTARTABLE = new Set(['stopped', 'failed']);
+const UNREACHABLE_TEXT = 'The agent running this session is offline. If the agent comes back '
+  + 'still running it, the session returns; if the agent restarted, the session is lost and '
+  + 'shows as failed (Restart starts it again).';
 
 let me = null;
 const templates = new Map(); // name -> template
@@ -41,19 +47,21 @@ function sessionCard(entry) {
     }, 'Connect'),
     running ? action('Hibernate', (b) => changeState(b, s, 'hibernated'), { 'data-action': 'hibernate' }) : null,
     s.state === 'hibernated' ? action('Wake', (b) => changeState(b, s, 'running'), { 'data-action': 'wake' }) : null,
+    RESTARTABLE.has(s.state)
+      ? action('Restart', (b) => changeState(b, s, 'running'), { 'data-action': 'restart' }) : null,
     s.state !== 'terminating' && s.state !== 'terminated'
       ? action('Delete', (b) => remove(b, s), { class: 'small danger', 'data-action': 'delete' }) : null);
   const failed = s.state === 'failed' || s.state === 'unreachable';
-  const reason = failed ? (s.error || entry.message || (s.state === 'unreachable'
-    ? 'The agent running this session is offline; it comes back when the agent reconnects.'
-    : 'The session failed.')) : null;
+  const reason = s.state === 'unreachable' ? UNREACHABLE_TEXT
+    : failed ? (s.error || entry.message || 'The session failed.') : null;
   const meta = (k, v) => [h('dt', {}, k), h('dd', {}, v)];
   return h('article', { class: 'card session', dataset: { sessionId: s.id, state: s.state }, 'aria-label': `Session ${s.name}` },
     h('div', { class: 'top' }, templateIcon(t?.icon, title),
       h('div', {}, h('h3', {}, s.name), h('span', { class: 'muted' }, title))),
     h('div', {}, stateBadge(s.state)),
     progress(s.state),
-    !failed ? h('p', { class: 'status-line', 'aria-live': 'polite' }, entry.message || '') : null,
+    !failed ? h('p', { class: 'status-line', 'aria-live': 'polite' }, entry.message
+      || (s.state === 'stopped' ? 'The application exited. Restart starts it again.' : '')) : null,
     reason ? h('p', { class: 'reason', role: 'alert' }, reason) : null,
     h('dl', { class: 'session-meta' },
       meta('Platform', platformIcon(s.platform)),
@@ -131,11 +139,13 @@ function follow(entry) {
 }
 
 async function changeState(button, session, state) {
+  const doing = state === 'hibernated' ? 'hibernating'
+    : RESTARTABLE.has(session.state) ? 'restarting' : 'waking up';
   await busy(button, async () => {
     try {
-      upsert(await patch(`/sessions/${session.id}`, { state }),
-        state === 'running' ? 'waking up' : 'hibernating');
+      upsert(await patch(`/sessions/${session.id}`, { state }), doing);
     } catch (e) {
+      // e.g. at the session limit, or its agent is full or offline: it stays as it was
       toast(e.message, 'error');
     }
   });

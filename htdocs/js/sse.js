@@ -112,7 +112,7 @@ const POLL_MS = 2000;
 const COALESCE_MS = 150;
 const RESTARTS = 5;
 // States a session rests in; anything else is on its way somewhere.
-export const RESTING = new Set(['running', 'hibernated', 'failed', 'terminated', 'unreachable']);
+export const RESTING = new Set(['running', 'hibernated', 'failed', 'stopped', 'terminated', 'unreachable']);
 
 /**
  * Follow one session's state: the events stream first, polling when it errors.

@@ -56,14 +56,14 @@ function waitUntilRunning(message) {
   stopWatching();
   status('busy', message, [backLink()]);
   watcher = followSession(sessionId, {
-    until: (s) => ['running', 'failed', 'terminated'].includes(s),
+    until: (s) => ['running', 'failed', 'stopped', 'terminated'].includes(s),
     onEvent: (event) => {
       if (event.state === 'running') {
         retries = 0;
         connect();
       } else if (event.state === 'hibernated') {
         showHibernated();
-      } else if (event.state === 'failed' || event.state === 'terminated') {
+      } else if (['failed', 'stopped', 'terminated'].includes(event.state)) {
         notRunning({ state: event.state, error: event.message });
       } else {
         status('busy', `The session is ${event.state}${event.message ? `: ${event.message}` : ''}…`, [backLink()]);
@@ -76,18 +76,26 @@ function showHibernated() {
   // Keep following: whoever wakes it (here or on the home page), we reconnect.
   if (!watcher || watcher.stopped) waitUntilRunning('');
   status('info', 'This session is hibernated. Wake it to continue where you left off.', [
-    button('Wake session', async (e) => {
-      e.currentTarget.disabled = true;
-      try {
-        await patch(`/sessions/${sessionId}`, { state: 'running' });
-        status('busy', 'Waking the session…', [backLink()]);
-      } catch (err) {
-        status('error', err.message, [retryButton(), backLink()]);
-      }
-    }, true),
+    button('Wake session', (e) => startAgain(e, 'Waking the session… (it reconnects by itself)'),
+      true),
     backLink(),
   ]);
 }
+
+/** Wake a hibernated session or restart a stopped/failed one, then follow it to running. */
+async function startAgain(e, message) {
+  e.currentTarget.disabled = true;
+  try {
+    await patch(`/sessions/${sessionId}`, { state: 'running' });
+    waitUntilRunning(message);
+  } catch (err) {
+    // refused (the session limit, its agent full or offline): it stays as it was
+    status('error', err.message, [backLink()]);
+  }
+}
+
+const restartButton = () => button('Restart session',
+  (e) => startAgain(e, 'Restarting the session… (same application, same home)'), true);
 
 /** Explain a session that cannot be connected to now, and what happens next. */
 function notRunning(s) {
@@ -102,11 +110,18 @@ function notRunning(s) {
       waitUntilRunning(`The session is ${s.state}…`);
       break;
     case 'unreachable':
-      waitUntilRunning('The agent running this session is offline. Waiting for it to come back…');
+      waitUntilRunning('The agent running this session is offline. Waiting for it: the session '
+        + 'returns if the agent comes back still running it, else it fails.');
       break;
     case 'failed':
       stopWatching();
-      status('error', `This session failed: ${s.error || 'no reason was given'}.`, [backLink()]);
+      status('error', `This session failed: ${s.error || 'no reason was given'}.`,
+        [restartButton(), backLink()]);
+      break;
+    case 'stopped':
+      stopWatching();
+      status('info', `This session stopped: ${s.error || 'its application exited'}.`,
+        [restartButton(), backLink()]);
       break;
     default:
       stopWatching();

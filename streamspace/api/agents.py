@@ -25,7 +25,7 @@ from streamspace.api.errors import bad_request, conflict, not_found, unauthorize
 from streamspace.auth import agent_tokens
 from streamspace.db import agents
 from streamspace.db import sessions as sessions_db
-from streamspace.sessions.states import ACTIVE_STATES, FAILED, TERMINATED
+from streamspace.sessions.states import ACTIVE_STATES, FAILED, STOPPED, TERMINATED
 from streamspace_common.capacity import parse_capacity
 
 RESERVED_IDS = ("register",)  # would clash with POST /agents/register
@@ -143,7 +143,8 @@ async def delete_agent(api, request, agent_id):
         current = await agents.lock(cursor, agent_id)
         if current is None:
             raise not_found("no such agent")
-        held = await sessions_db.count_for_agent(cursor, current["id"], (TERMINATED, FAILED))
+        held = await sessions_db.count_for_agent(cursor, current["id"],
+                                                 (TERMINATED, FAILED, STOPPED))
         if held:
             raise conflict("agent_has_sessions",
                            f"{held} session(s) are still on this agent; delete them first")

@@ -289,7 +289,9 @@ def _paths() -> dict[str, Any]:
             "post": _op(
                 "Start a session from a template", 201, _ref("Session"), body="SessionCreate",
                 errors=(403, 409),
-                description="The session is created `pending` and started by an agent. "
+                description="The session is created `pending` and started by an agent; "
+                            "while no agent can take it, it stays `pending` (the reason is "
+                            "in its events) until one can or its pending timeout passes. "
                             "409 `session_limit_reached` when the owner is at their "
                             "concurrent-session limit. `user` (the seed's owner field) "
                             "may name someone else only for admins."),
@@ -298,25 +300,29 @@ def _paths() -> dict[str, Any]:
             "parameters": [SESSION_ID],
             "get": _op("A session", 200, _ref("Session"), errors=(404,)),
             "patch": _op(
-                "Hibernate (`hibernated`) or wake (`running`) a session", 200,
+                "Hibernate (`hibernated`), wake or restart (`running`) a session", 200,
                 _ref("Session"), body="SessionUpdate", errors=(404, 409),
-                description="A running session goes to `hibernating`, a hibernated one to "
-                            "`waking`; other moves are 409 `invalid_state_transition`."),
+                description="A running session goes to `hibernating`; a hibernated one to "
+                            "`waking` (409 `session_limit_reached` at the owner's limit, "
+                            "409 `cannot_wake` when its agent is offline or full: it stays "
+                            "`hibernated`); a stopped or failed one is restarted with the "
+                            "same template on the same agent (same home): `pending`. "
+                            "Other moves are 409 `invalid_state_transition`."),
             "delete": _op(
                 "Delete a session", 202, _ref("Session"), errors=(404, 409),
                 ok_description="deletion started (`terminating`), or done at once "
                                "(`terminated`) for a session that never reached an agent",
                 also={204: "the session was already terminated"}),
         },
-        # Served by streamspace.sessions.routes (the lifecycle and VNC side):
         "/sessions/{session_id}/events": {
             "parameters": [SESSION_ID],
             "get": _op("A session's progress as Server-Sent Events", 200, None,
                        errors=(404,), ok_description="text/event-stream: every progress "
                        "event (`event: state`, data {state, message, at}), then live ones, "
-                       "ending at running, failed, hibernated or terminated",
+                       "ending at running, failed, stopped, hibernated or terminated",
                        content_type="text/event-stream"),
         },
+        # Served by streamspace.sessions.routes (the VNC side):
         "/sessions/{session_id}/vnc-token": {
             "parameters": [SESSION_ID],
             "post": _op("A short-lived, session-scoped token for the VNC WebSocket", 200,

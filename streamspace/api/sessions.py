@@ -1,7 +1,9 @@
-"""/sessions: create, list, read, hibernate/wake and delete sessions.
+"""/sessions: create, list, read, hibernate/wake/restart and delete sessions.
 
-This layer writes rows and validates transitions; the session lifecycle (wired in
-`ctx.extras["lifecycle"]`) makes them happen on an agent once the change is committed.
+HTTP only: validate the request, call the domain (streamspace.sessions.requests, which
+writes the change, its command and its audit row in one transaction), shape the answer.
+Once committed, the session lifecycle (`ctx.extras["lifecycle"]`) is told, so it places
+the session and sends what was queued without waiting for its next sweep.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from streamspace.api.body import (
     read_json,
     validate,
 )
-from streamspace.api.errors import bad_request, conflict, forbidden, not_found
-from streamspace.db import sessions, templates, users
-from streamspace.sessions import states
+from streamspace.api.errors import ApiError, forbidden, not_found
+from streamspace.db import sessions
+from streamspace.sessions import requests, states
+from streamspace.sessions.moves import Actor
 
 CREATE_FIELDS = {
     "template": Field("string", required=True, pattern=SLUG, pattern_help=SLUG_HELP),
@@ -42,6 +45,13 @@ CREATE_FIELDS = {
 UPDATE_FIELDS = {
     "state": Field("string", required=True, choices=tuple(sorted(states.USER_REQUESTS))),
 }
+# domain refusal -> HTTP status
+REFUSALS = {"not_found": 404, "unknown_user": 400, "unknown_template": 400,
+            "unsupported_platform": 400}
+
+
+def _refused(e: requests.Refused) -> ApiError:
+    return ApiError(REFUSALS.get(e.code, 409), e.code, e.message)
 
 
 def _session_id(session_id: str) -> str:
@@ -53,6 +63,11 @@ def _session_id(session_id: str) -> str:
 def _owner_scope(principal) -> str | None:
     """Admins see every session; everyone else only their own (others' are 404)."""
     return None if principal.is_admin else principal.user_id
+
+
+def _actor(api, request, principal) -> Actor:
+    return Actor(principal.user_id, principal.username, api.client_addr(request),
+                 principal.is_admin)
 
 
 async def _current(api, session_id: str) -> dict:
@@ -92,111 +107,48 @@ async def create_session(api, request):
     owner_name = body.get("user", principal.username)
     if owner_name != principal.username and not principal.is_admin:
         raise forbidden("only admins may create sessions for other users")
-    platform, region = body.get("platform"), body.get("region")
-
-    async def work(cursor):
-        if owner_name == principal.username:
-            owner = await users.lock(cursor, principal.user_id)
-        else:
-            found = await users.get_by_username(cursor, owner_name)
-            owner = await users.lock(cursor, found["id"]) if found else None
-        if owner is None or owner["disabled"]:
-            raise bad_request(f"no active user named `{owner_name}`", "unknown_user")
-        # The owner's row is locked until commit, so concurrent creates for one user
-        # count one after another: the limit holds however many requests race.
-        limit = owner["max_sessions"]
-        if limit is None:
-            limit = api.ctx.default_max_sessions
-        active = await sessions.count_by_states(cursor, owner["id"], states.ACTIVE_STATES)
-        if active >= limit:
-            who = "you have" if owner["id"] == principal.user_id else f"{owner_name} has"
-            raise conflict("session_limit_reached",
-                           f"{who} {active} active session(s) and the limit is {limit}; "
-                           "delete or hibernate a session first")
-        template = await templates.get_enabled(cursor, body["template"])
-        if template is None:
-            raise bad_request(f"no enabled template named `{body['template']}`",
-                              "unknown_template")
-        offered = template["platforms"] or {}
-        if platform is not None and offered and platform not in offered:
-            raise bad_request(
-                f"template `{template['name']}` does not run on `{platform}` "
-                f"(it runs on: {', '.join(sorted(offered))})", "unsupported_platform")
-        session_id = await sessions.insert(
-            cursor, user_id=owner["id"], template_id=template["id"],
-            template_name=template["name"], name=body.get("name") or template["name"],
-            state=states.PENDING, requested_platform=platform, requested_region=region)
-        await sessions.add_event(cursor, session_id, states.PENDING, "session requested")
-        await api.audit(cursor, request, principal, "session.create", "session", session_id,
-                        details={"template": template["name"], "owner": owner_name})
-        return session_id
-
-    session_id = await api.ctx.db.transaction(work)
-    await api.notify_lifecycle("session_created", session_id)
+    new = requests.NewSession(template=body["template"], owner=owner_name,
+                              name=body.get("name"), platform=body.get("platform"),
+                              region=body.get("region"))
+    try:
+        session_id = await requests.create(api.ctx.db, _actor(api, request, principal), new,
+                                           api.ctx.default_max_sessions)
+    except requests.Refused as e:
+        raise _refused(e) from None
+    await api.notify_lifecycle("session_changed", session_id)
     request.setHeader(b"Location", f"/api/v1/sessions/{session_id}".encode())
     return api.ok(request, await _current(api, session_id), 201)
 
 
 async def update_session(api, request, session_id):
+    """{state: hibernated} hibernates a running session; {state: running} wakes a
+    hibernated one or restarts a stopped or failed one (same template, same agent)."""
     principal = await api.principal(request)
     session_id = _session_id(session_id)
     requested = validate(read_json(request), UPDATE_FIELDS)["state"]
-
-    async def work(cursor):
-        row = await sessions.lock(cursor, session_id, owner_id=_owner_scope(principal))
-        if row is None:
-            raise not_found("no such session")
-        current = row["state"]
-        # Asking again for what is already happening (or done) changes nothing.
-        if current == requested or current in states.USER_REQUESTS[requested].values():
-            return None
-        try:
-            target = states.requested_transition(current, requested)
-        except states.InvalidTransition as e:
-            raise conflict("invalid_state_transition", str(e)) from None
-        await sessions.set_state(cursor, session_id, target)
-        await sessions.add_event(cursor, session_id, target, f"{requested} requested")
-        await api.audit(cursor, request, principal, "session.state_change", "session",
-                        session_id, details={"from": current, "to": target,
-                                             "requested": requested})
-        return target
-
-    target = await api.ctx.db.transaction(work)
+    try:
+        target = await requests.change_state(
+            api.ctx.db, _actor(api, request, principal), session_id, requested,
+            owner_id=_owner_scope(principal), default_limit=api.ctx.default_max_sessions,
+            command_timeout=api.ctx.command_timeout)
+    except requests.Refused as e:
+        raise _refused(e) from None
     if target is not None:
-        await api.notify_lifecycle("state_requested", session_id, target)
+        await api.notify_lifecycle("session_changed", session_id)
     return api.ok(request, await _current(api, session_id))
 
 
 async def delete_session(api, request, session_id):
     principal = await api.principal(request)
     session_id = _session_id(session_id)
-
-    async def work(cursor):
-        row = await sessions.lock(cursor, session_id, owner_id=_owner_scope(principal))
-        if row is None:
-            raise not_found("no such session")
-        current = row["state"]
-        if current in (states.TERMINATED, states.TERMINATING):
-            return current, None
-        # A session that never reached an agent has nothing to stop: it ends at once.
-        if row["agent_uuid"] is None and states.can_move(current, states.TERMINATED):
-            target = states.TERMINATED
-        else:
-            try:
-                states.check_move(current, states.TERMINATING)
-            except states.InvalidTransition as e:
-                raise conflict("invalid_state_transition", str(e)) from None
-            target = states.TERMINATING
-        await sessions.set_state(cursor, session_id, target)
-        await sessions.add_event(cursor, session_id, target, "deletion requested")
-        await api.audit(cursor, request, principal, "session.delete", "session", session_id,
-                        details={"from": current, "to": target})
-        return current, target
-
-    before, target = await api.ctx.db.transaction(work)
+    try:
+        before, target = await requests.delete(
+            api.ctx.db, _actor(api, request, principal), session_id,
+            owner_id=_owner_scope(principal), command_timeout=api.ctx.command_timeout)
+    except requests.Refused as e:
+        raise _refused(e) from None
     if target is not None:
-        await api.notify_lifecycle("state_requested", session_id, target)
+        await api.notify_lifecycle("session_changed", session_id)
     if before == states.TERMINATED:
         return api.no_content(request)
     return api.ok(request, await _current(api, session_id), 202)
-

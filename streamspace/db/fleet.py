@@ -1,19 +1,18 @@
-"""SQL for the agent fleet: presence, the command queue, scheduling and session moves.
+"""SQL for the agent fleet: presence, the command queue, placement counts, the VNC lookup.
 
-Everything that must be atomic takes a cursor (the caller owns the transaction)."""
+No state machine here (streamspace.sessions applies it); functions take the states they
+count or filter on as arguments. Everything that must be atomic takes a cursor (the caller
+owns the transaction)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from streamspace.db.pool import Database, fetch_all, fetch_one
-from streamspace.sessions import states
 
 IN_FLIGHT = ("pending", "sent", "ack")
-# sessions that depend on a live agent connection
-AGENT_BOUND = (states.SCHEDULED, states.STARTING, states.RUNNING, states.HIBERNATING,
-               states.WAKING)
 
 
 def _j(value: Any) -> str:
@@ -22,15 +21,14 @@ def _j(value: Any) -> str:
 
 # -- presence -----------------------------------------------------------------------------
 
-async def mark_online(db: Database, agent_uuid: str, conn_id: str, register: dict) -> None:
-    capacity = register.get("capacity") or {}
-    metadata = register.get("metadata") or {}
+async def mark_online(db: Database, agent_uuid: str, conn_id: str, *, platform: str,
+                      region: str, capacity: dict, metadata: dict,
+                      protocol_version: int) -> None:
     await db.execute(
         "UPDATE agents SET status = 'online', websocket_conn_id = %s, last_heartbeat = now(), "
         "platform = %s, region = %s, capacity = %s, metadata = %s, protocol_version = %s, "
         "updated_at = now() WHERE id = %s",
-        (conn_id, str(register.get("platform")), str(register.get("region") or ""),
-         _j(capacity), _j(metadata), int(register.get("protocol_version") or 0), agent_uuid))
+        (conn_id, platform, region, _j(capacity), _j(metadata), protocol_version, agent_uuid))
 
 
 async def record_heartbeat(db: Database, agent_uuid: str, conn_id: str, usage: dict) -> None:
@@ -41,113 +39,38 @@ async def record_heartbeat(db: Database, agent_uuid: str, conn_id: str, usage: d
         (_j(usage), agent_uuid, conn_id))
 
 
-async def mark_offline(db: Database, agent_uuid: str, conn_id: str | None, reason: str
-                       ) -> list[str]:
-    """Offline (only if `conn_id` is still the live connection, so a stale close cannot
-    knock out a newer one); its agent-bound sessions become `unreachable`."""
-
-    async def work(cursor) -> list[str]:
-        if conn_id is None:
-            row = await fetch_one(cursor, "UPDATE agents SET status = 'offline', "
-                                  "websocket_conn_id = NULL, updated_at = now() "
-                                  "WHERE id = %s RETURNING id", (agent_uuid,))
-        else:
-            row = await fetch_one(cursor, "UPDATE agents SET status = 'offline', "
-                                  "websocket_conn_id = NULL, updated_at = now() "
-                                  "WHERE id = %s AND websocket_conn_id = %s RETURNING id",
-                                  (agent_uuid, conn_id))
-        if row is None:
-            return []
-        rows = await fetch_all(
-            cursor, "SELECT id FROM sessions WHERE agent_id = %s AND state = ANY(%s) FOR UPDATE",
-            (agent_uuid, list(AGENT_BOUND)))
-        ids = [str(r[0]) for r in rows]
-        for sid in ids:
-            await move_session(cursor, sid, states.UNREACHABLE,
-                               message=f"agent went offline: {reason}")
-        return ids
-
-    return await db.transaction(work)
+async def set_offline(cursor, agent_uuid: str, conn_id: str | None) -> bool:
+    """Offline, only if `conn_id` is still the live connection (None: whatever it is), so
+    a stale close cannot knock out a newer one. True when the row changed."""
+    if conn_id is None:
+        row = await fetch_one(cursor, "UPDATE agents SET status = 'offline', "
+                              "websocket_conn_id = NULL, updated_at = now() "
+                              "WHERE id = %s RETURNING id", (agent_uuid,))
+    else:
+        row = await fetch_one(cursor, "UPDATE agents SET status = 'offline', "
+                              "websocket_conn_id = NULL, updated_at = now() "
+                              "WHERE id = %s AND websocket_conn_id = %s RETURNING id",
+                              (agent_uuid, conn_id))
+    return row is not None
 
 
-async def all_offline(db: Database) -> None:
-    """At start-up no connection is live, whatever the table says."""
-    for (agent_uuid,) in await db.query("SELECT id FROM agents WHERE status = 'online'"):
-        await mark_offline(db, str(agent_uuid), None, "control plane restarted")
+async def online_agents(db: Database) -> list[str]:
+    return [str(r[0]) for r in await db.query("SELECT id FROM agents WHERE status = 'online'")]
 
 
-async def silent_agents(db: Database, timeout: float) -> list[tuple[str, str]]:
-    rows = await db.query(
-        "SELECT id, websocket_conn_id FROM agents WHERE status = 'online' "
-        "AND last_heartbeat < now() - make_interval(secs => %s)", (timeout,))
-    return [(str(r[0]), r[1]) for r in rows]
+async def is_online(cursor, agent_uuid: str) -> bool:
+    row = await fetch_one(cursor, "SELECT status FROM agents WHERE id = %s", (agent_uuid,))
+    return row is not None and row[0] == "online"
 
 
-# -- sessions -----------------------------------------------------------------------------
+# -- placement ----------------------------------------------------------------------------
 
-async def move_session(cursor, session_id: str, target: str, *, message: str = "",
-                       error: str | None = None, metadata: dict | None = None) -> bool:
-    """Move a session if the state machine allows it from its current state; records the
-    progress event in the same transaction. False (and nothing written) otherwise."""
-    row = await fetch_one(cursor, "SELECT state FROM sessions WHERE id = %s FOR UPDATE",
-                          (session_id,))
-    if row is None or not states.can_move(row[0], target):
-        return False
-    sets = ["state = %s", "state_changed_at = now()", "updated_at = now()"]
-    params: list[Any] = [target]
-    if target == states.FAILED:
-        sets.append("error = %s")
-        params.append(error or message or "failed")
-    elif target in (states.RUNNING, states.SCHEDULED):
-        sets.append("error = NULL")
-    if metadata is not None:
-        sets.append("platform_metadata = platform_metadata || %s::jsonb")
-        params.append(_j(metadata))
-    await cursor.execute(f"UPDATE sessions SET {', '.join(sets)} WHERE id = %s",
-                         (*params, session_id))
-    await cursor.execute(
-        "INSERT INTO session_events (session_id, state, message) VALUES (%s, %s, %s)",
-        (session_id, target, error if target == states.FAILED and error else message))
-    return True
-
-
-async def add_progress_event(db: Database, session_id: str, agent_uuid: str,
-                             message: str) -> bool:
-    """A progress event in the session's current state, if the session is on that agent
-    and still alive; False otherwise (nothing written)."""
-    rows = await db.query(
-        "INSERT INTO session_events (session_id, state, message) "
-        "SELECT id, state, %s FROM sessions WHERE id = %s AND agent_id = %s "
-        "AND state <> 'terminated' RETURNING id", (message, session_id, agent_uuid))
-    return bool(rows)
-
-
-async def session_for_command(cursor, session_id: str) -> dict | None:
-    row = await fetch_one(
-        cursor,
-        "SELECT s.id, s.state, s.agent_id, s.name, s.user_id, u.username, s.template_name, "
-        "t.name, t.vnc_port, t.cpu, t.memory_mb, t.env, t.persistent_home, t.platforms, "
-        "s.requested_platform, s.requested_region "
-        "FROM sessions s JOIN users u ON u.id = s.user_id "
-        "LEFT JOIN templates t ON t.id = s.template_id WHERE s.id = %s FOR UPDATE OF s",
-        (session_id,))
-    if row is None:
-        return None
-    return {
-        "id": str(row[0]), "state": row[1], "agent_id": str(row[2]) if row[2] else None,
-        "name": row[3], "user": {"id": str(row[4]), "username": row[5]},
-        "template": {
-            "name": row[7] or row[6], "vnc_port": row[8] or 5900,
-            "cpu": float(row[9]) if row[9] is not None else 1.0,
-            "memory_mb": row[10] or 1024, "env": row[11] or {},
-            "persistent_home": bool(row[12]), "platforms": row[13] or {},
-        },
-        "requested_platform": row[14], "requested_region": row[15],
-    }
-
-
-async def candidate_agents(cursor, platform: str | None, region: str | None) -> list[dict]:
-    """Online agents matching the request, locked, with what they already carry.
+async def candidate_agents(cursor, platform: str | None, region: str | None,
+                           active_states: Iterable[str], *, only: str | None = None,
+                           exclude_session: str | None = None) -> list[dict]:
+    """Online agents matching the request (or just agent `only`), locked, with what they
+    already carry (sessions in `active_states` but `exclude_session`, and their
+    templates' resources).
 
     Locking and counting are two statements on purpose: under READ COMMITTED, a statement
     that waited for a row lock still sees its old snapshot in subqueries, so counts taken
@@ -157,82 +80,99 @@ async def candidate_agents(cursor, platform: str | None, region: str | None) -> 
         cursor,
         "SELECT id FROM agents WHERE status = 'online' "
         "AND (%s::text IS NULL OR platform = %s) AND (%s::text IS NULL OR region = %s) "
-        "ORDER BY agent_id FOR UPDATE", (platform, platform, region, region))
+        "AND (%s::uuid IS NULL OR id = %s::uuid) ORDER BY agent_id FOR UPDATE",
+        (platform, platform, region, region, only, only))
     if not locked:
         return []
+    carried = ("s.agent_id = a.id AND s.state = ANY(%(active)s) "
+               "AND s.id IS DISTINCT FROM %(exclude)s::uuid")
     rows = await fetch_all(
         cursor,
         "SELECT a.id, a.agent_id, a.platform, a.region, a.capacity, "
-        "  (SELECT count(*) FROM sessions s WHERE s.agent_id = a.id AND s.state = ANY(%s)), "
+        f"  (SELECT count(*) FROM sessions s WHERE {carried}), "
         "  (SELECT coalesce(sum(t.cpu), 0) FROM sessions s JOIN templates t "
-        "     ON t.id = s.template_id WHERE s.agent_id = a.id AND s.state = ANY(%s)), "
+        f"     ON t.id = s.template_id WHERE {carried}), "
         "  (SELECT coalesce(sum(t.memory_mb), 0) FROM sessions s JOIN templates t "
-        "     ON t.id = s.template_id WHERE s.agent_id = a.id AND s.state = ANY(%s)) "
-        "FROM agents a WHERE a.id = ANY(%s::uuid[]) ORDER BY a.agent_id",
-        (list(states.ACTIVE_STATES),) * 3 + ([str(r[0]) for r in locked],))
+        f"     ON t.id = s.template_id WHERE {carried}) "
+        "FROM agents a WHERE a.id = ANY(%(ids)s::uuid[]) ORDER BY a.agent_id",
+        {"active": list(active_states), "exclude": exclude_session,
+         "ids": [str(r[0]) for r in locked]})
     return [{"id": str(r[0]), "agent_id": r[1], "platform": r[2], "region": r[3],
-             "capacity": r[4] or {}, "sessions": int(r[5]), "cpu": float(r[6]),
+             "capacity": r[4], "sessions": int(r[5]), "cpu": float(r[6]),
              "memory_mb": int(r[7])} for r in rows]
 
 
-async def assign_session(cursor, session_id: str, agent: dict) -> None:
-    await cursor.execute(
-        "UPDATE sessions SET agent_id = %s, platform = %s, region = %s, updated_at = now() "
-        "WHERE id = %s", (agent["id"], agent["platform"], agent["region"], session_id))
-
-
-async def sessions_of_agent(db: Database, agent_uuid: str) -> list[tuple[str, str]]:
-    rows = await db.query(
-        "SELECT id, state FROM sessions WHERE agent_id = %s AND state <> 'terminated'",
-        (agent_uuid,))
-    return [(str(r[0]), r[1]) for r in rows]
-
-
-async def unscheduled_sessions(db: Database, older_than: float) -> list[str]:
-    """Sessions still `pending` a while after creation: their scheduling was lost (e.g. the
-    control plane stopped between the API's commit and the scheduler's turn)."""
-    rows = await db.query(
-        "SELECT id FROM sessions WHERE state = 'pending' AND agent_id IS NULL "
-        "AND created_at < now() - make_interval(secs => %s) ORDER BY created_at LIMIT 100",
-        (older_than,))
-    return [str(r[0]) for r in rows]
-
-
-async def stuck_sessions(db: Database, timeouts: dict[str, float]) -> list[tuple[str, str]]:
-    found = []
-    for state, seconds in timeouts.items():
-        rows = await db.query(
-            "SELECT id FROM sessions WHERE state = %s "
-            "AND state_changed_at < now() - make_interval(secs => %s)", (state, seconds))
-        found += [(str(r[0]), state) for r in rows]
-    return found
+async def agent_name(cursor, agent_uuid: str) -> str | None:
+    row = await fetch_one(cursor, "SELECT agent_id FROM agents WHERE id = %s", (agent_uuid,))
+    return row[0] if row else None
 
 
 # -- command queue ------------------------------------------------------------------------
 
 async def enqueue(cursor, agent_uuid: str, session_id: str | None, command_type: str,
-                  data: dict, timeout: float) -> str:
+                  data: dict, timeout: float) -> dict:
+    """Queue a command; returns it as the hub sends it (deadline from the database clock,
+    the same one the timeout sweep compares against)."""
     row = await fetch_one(
         cursor,
         "INSERT INTO agent_commands (agent_id, session_id, command_type, command_data, deadline) "
-        "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s)) RETURNING id",
+        "VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s)) RETURNING id, deadline",
         (agent_uuid, session_id, command_type, _j(data), timeout))
-    return str(row[0])
+    return {"id": str(row[0]), "agent_id": agent_uuid, "command_type": command_type,
+            "session_id": session_id, "data": data, "deadline": row[1].isoformat()}
+
+
+def _command(r: tuple) -> dict:
+    return {"id": str(r[0]), "agent_id": str(r[1]), "command_type": r[2],
+            "session_id": str(r[3]) if r[3] else None, "data": r[4] or {},
+            "deadline": r[5].isoformat()}
+
+
+_COMMAND = "SELECT id, agent_id, command_type, session_id, command_data, deadline " \
+           "FROM agent_commands "
 
 
 async def in_flight_for_agent(db: Database, agent_uuid: str) -> list[dict]:
+    rows = await db.query(_COMMAND + "WHERE agent_id = %s AND status = ANY(%s) "
+                          "ORDER BY created_at, id", (agent_uuid, list(IN_FLIGHT)))
+    return [_command(r) for r in rows]
+
+
+async def undelivered(db: Database, *, session_id: str | None = None,
+                      older_than: float = 0.0, limit: int = 500) -> list[dict]:
+    """Commands still `pending` (never sent): for one session, or all older than
+    `older_than` seconds (what a lost post-commit delivery left behind)."""
+    if session_id is not None:
+        rows = await db.query(_COMMAND + "WHERE session_id = %s AND status = 'pending' "
+                              "ORDER BY created_at, id", (session_id,))
+    else:
+        rows = await db.query(
+            _COMMAND + "WHERE status = 'pending' AND deadline > now() "
+            "AND created_at < now() - make_interval(secs => %s) "
+            "ORDER BY created_at, id LIMIT %s", (older_than, limit))
+    return [_command(r) for r in rows]
+
+
+async def claim(db: Database, command_id: str) -> bool:
+    """`pending -> sent`; True for the one caller that flipped it (it sends it)."""
     rows = await db.query(
-        "SELECT id, command_type, session_id, command_data, deadline FROM agent_commands "
-        "WHERE agent_id = %s AND status = ANY(%s) ORDER BY created_at, id",
-        (agent_uuid, list(IN_FLIGHT)))
-    return [{"id": str(r[0]), "command_type": r[1], "session_id": str(r[2]) if r[2] else None,
-             "data": r[3] or {}, "deadline": r[4].isoformat()} for r in rows]
+        "UPDATE agent_commands SET status = 'sent', sent_at = now() "
+        "WHERE id = %s AND status = 'pending' RETURNING id", (command_id,))
+    return bool(rows)
 
 
 async def mark_sent(db: Database, command_id: str) -> None:
     await db.execute(
         "UPDATE agent_commands SET status = 'sent', sent_at = now() "
         "WHERE id = %s AND status = 'pending'", (command_id,))
+
+
+async def session_of(cursor, command_id: str) -> str | None:
+    """The session a command acts on (read before locking the session, so every writer
+    locks a session before its commands)."""
+    row = await fetch_one(cursor, "SELECT session_id FROM agent_commands WHERE id = %s",
+                          (command_id,))
+    return str(row[0]) if row and row[0] else None
 
 
 async def mark_acked(cursor, command_id: str, agent_uuid: str) -> dict | None:
@@ -260,22 +200,41 @@ async def finish(cursor, command_id: str, agent_uuid: str, status: str,
             "data": row[2] or {}}
 
 
-async def expire(cursor) -> list[dict]:
-    rows = await fetch_all(
+async def overdue(db: Database, limit: int = 500) -> list[str]:
+    """In-flight commands past their deadline."""
+    rows = await db.query("SELECT id FROM agent_commands WHERE status = ANY(%s) "
+                          "AND deadline < now() ORDER BY deadline LIMIT %s",
+                          (list(IN_FLIGHT), limit))
+    return [str(r[0]) for r in rows]
+
+
+async def expire(cursor, command_id: str) -> dict | None:
+    """Time one command out if it is still in flight and overdue (None otherwise)."""
+    row = await fetch_one(
         cursor,
         "UPDATE agent_commands SET status = 'timeout', completed_at = now(), "
         "error = 'not completed by its deadline' "
-        "WHERE status = ANY(%s) AND deadline < now() "
-        "RETURNING id, command_type, session_id", (list(IN_FLIGHT),))
-    return [{"id": str(r[0]), "command_type": r[1], "session_id": str(r[2]) if r[2] else None}
-            for r in rows]
+        "WHERE id = %s AND status = ANY(%s) AND deadline < now() "
+        "RETURNING id, command_type, session_id", (command_id, list(IN_FLIGHT)))
+    if row is None:
+        return None
+    return {"id": str(row[0]), "command_type": row[1],
+            "session_id": str(row[2]) if row[2] else None}
 
 
-async def cancel_for_session(cursor, session_id: str, except_id: str | None = None) -> None:
+async def cancel_for_session(cursor, session_id: str) -> None:
     await cursor.execute(
         "UPDATE agent_commands SET status = 'cancelled', completed_at = now() "
-        "WHERE session_id = %s AND status = ANY(%s) AND id IS DISTINCT FROM %s::uuid",
-        (session_id, list(IN_FLIGHT), except_id))
+        "WHERE session_id = %s AND status = ANY(%s)", (session_id, list(IN_FLIGHT)))
+
+
+async def stops_in_flight(cursor, agent_uuid: str) -> set[str]:
+    """Session ids (by `data.session_id`) that an in-flight stop already targets."""
+    rows = await fetch_all(
+        cursor, "SELECT command_data ->> 'session_id' FROM agent_commands "
+                "WHERE agent_id = %s AND command_type = 'stop_session' AND status = ANY(%s) "
+                "AND session_id IS NULL", (agent_uuid, list(IN_FLIGHT)))
+    return {r[0] for r in rows if r[0]}
 
 
 # -- VNC ----------------------------------------------------------------------------------
@@ -296,13 +255,3 @@ async def vnc_target(db: Database, session_id: str) -> dict | None:
 
 async def touch_activity(db: Database, session_id: str) -> None:
     await db.execute("UPDATE sessions SET last_activity = now() WHERE id = %s", (session_id,))
-
-
-async def idle_sessions(db: Database, default_timeout: float) -> list[str]:
-    """Running sessions idle past their template's idle timeout (else the default; 0 = never)."""
-    rows = await db.query(
-        "SELECT s.id FROM sessions s LEFT JOIN templates t ON t.id = s.template_id "
-        "WHERE s.state = 'running' AND coalesce(t.idle_timeout_seconds, %s) > 0 "
-        "AND s.last_activity < now() - make_interval(secs => coalesce(t.idle_timeout_seconds, %s))",
-        (default_timeout, default_timeout))
-    return [str(r[0]) for r in rows]

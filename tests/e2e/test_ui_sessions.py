@@ -288,3 +288,37 @@ def test_delete_asks_first_then_removes_the_session(page, server, alice, shot):
     token = server.login(alice, PASSWORD)
     code, body = server.request("GET", f"/api/v1/sessions/{sid}", token=token)
     assert code == 200 and body["state"] in ("terminating", "terminated"), body
+
+
+def test_an_application_that_exits_reads_stopped_and_restarts(page, server, alice, shot):
+    """Issue 10 item 12 in the browser: the application ends by itself (`exit` in a
+    terminal): the card reads `stopped` with the reason, not a red `failed`; Restart
+    starts it again (same template, same home) and the card follows it to running."""
+    code, body = server.admin("POST", "/api/v1/templates", {
+        "name": f"blip-{uuid.uuid4().hex[:6]}", "display_name": "Blip",
+        "platforms": {"local": {"command": "sleep 3"}}})
+    assert code == 201, body
+    user = f"rita-{uuid.uuid4().hex[:6]}"
+    server.create_user(user, PASSWORD)
+    code, session = server.request("POST", "/api/v1/sessions", {"template": body["name"]},
+                                   token=server.login(user, PASSWORD))
+    assert code == 201, session
+    login(page, user, PASSWORD)
+    card = f"#sessions [data-session-id='{session['id']}']"
+    page.wait_for_selector(f"{card}[data-state=stopped]", timeout=60000)
+    assert page.locator(f"{card} .badge.failed").count() == 0
+    assert page.locator(f"{card} [role=alert]").count() == 0  # not an error
+    assert "application exited" in page.locator(f"{card} .status-line").inner_text().lower()
+    shot(page, "stopped")
+    page.evaluate("""(sel) => {
+        window.__states = [];
+        new MutationObserver(() => {
+            const s = document.querySelector(sel)?.dataset.state;
+            if (s && window.__states.at(-1) !== s) window.__states.push(s);
+        }).observe(document.querySelector('#sessions'),
+                   {subtree: true, attributes: true, childList: true});
+    }""", card)
+    page.click(f"{card} [data-action=restart]")
+    page.wait_for_function("() => window.__states.includes('running')", timeout=60000)
+    page.wait_for_selector(f"{card}[data-state=stopped]", timeout=60000)
+    shot(page, "restarted")

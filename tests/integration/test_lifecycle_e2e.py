@@ -291,17 +291,130 @@ async def test_session_process_dying_is_reported(stack):
 
 @pytest_twisted.ensureDeferred
 async def test_agent_capacity_respected_under_concurrent_creates(stack):
+    """Two of five fit on the agent; the other three wait `pending` (with the reason in
+    their events) and one starts as soon as a running one is deleted."""
     await stack.start_agent("e2e-cap", extra_env={"MAX_SESSIONS": "2"})
     results = await defer.gatherResults([
         defer.Deferred.fromCoroutine(stack.request("POST", "/api/v1/sessions",
                                                    {"template": "terminal"}))
         for _ in range(5)])
     ids = [body["id"] for code, body in results if code == 201]
-    finals = [await stack.wait_state(i, "running", "failed") for i in ids]
-    running = [s for s in finals if s["state"] == "running"]
-    assert len(running) == 2, [(s["state"], s["error"]) for s in finals]
-    assert all("capacity" in s["error"] for s in finals if s["state"] == "failed")
+    assert len(ids) == 5
 
+    async def settled():
+        found = [(await stack.session(i))["state"] for i in ids]
+        return found if sorted(found) == ["pending"] * 3 + ["running"] * 2 else None
+
+    await poll(settled, timeout=30, what="two running, three waiting")
+    db = stack.service.getServiceNamed("database").db
+    waiting = [i for i in ids if (await stack.session(i))["state"] == "pending"]
+    for sid in waiting:
+        rows = await db.query("SELECT message FROM session_events WHERE session_id = %s "
+                              "ORDER BY id DESC LIMIT 1", (sid,))
+        assert "e2e-cap runs 2/2 sessions" in rows[0][0], rows
+    running = [i for i in ids if i not in waiting]
+    code, _ = await stack.request("DELETE", f"/api/v1/sessions/{running[0]}")
+    assert code == 202
+
+    async def one_more():
+        found = [(await stack.session(i))["state"] for i in waiting]
+        return found if found.count("running") == 1 else None
+
+    await poll(one_more, timeout=30, what="a waiting session to start in the freed place")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_created_before_any_agent_waits_and_runs_when_it_comes(stack):
+    """Issue 10 item 13: right after start-up no agent is online yet; the session waits
+    `pending`, with the reason in its events, and starts once the agent registers."""
+    session = await stack.create_session("terminal")
+    sid = session["id"]
+    db = stack.service.getServiceNamed("database").db
+
+    async def reason():
+        rows = await db.query("SELECT state, message FROM session_events WHERE session_id = %s "
+                              "ORDER BY id", (sid,))
+        return rows if rows[-1][1].startswith("waiting for an agent") else None
+
+    events = await poll(reason, what="the waiting reason")
+    assert events[-1][0] == "pending"
+    assert (await stack.session(sid))["state"] == "pending"
+    await stack.start_agent("e2e-late")
+    assert (await stack.wait_state(sid, "running", "failed"))["state"] == "running"
+    assert (await stack.vnc_banner(sid)).startswith(b"RFB 003.")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wake_counts_against_the_limit_and_resets_the_idle_clock(migrated_dsn):
+    """Issue 10 items 2 and 12 with a real agent: at the limit, a wake is refused and the
+    session stays hibernated; once there is room it wakes, with its idle clock restarted
+    (it does not fall straight back to sleep)."""
+    stack = make_stack(migrated_dsn, MAX_SESSIONS_PER_USER="1", SESSION_IDLE_TIMEOUT="1h")
+    await stack.start()
+    try:
+        await stack.start_agent("e2e-wake")
+        first = (await stack.create_session("terminal"))["id"]
+        await stack.wait_state(first, "running")
+        code, body = await stack.request("PATCH", f"/api/v1/sessions/{first}",
+                                         {"state": "hibernated"})
+        assert code == 200, body
+        await stack.wait_state(first, "hibernated")
+        second = (await stack.create_session("terminal"))["id"]  # hibernated ones don't count
+        await stack.wait_state(second, "running")
+        code, body = await stack.request("PATCH", f"/api/v1/sessions/{first}",
+                                         {"state": "running"})
+        assert code == 409 and body["error"]["code"] == "session_limit_reached", body
+        assert (await stack.session(first))["state"] == "hibernated"
+        code, _ = await stack.request("DELETE", f"/api/v1/sessions/{second}")
+        assert code == 202
+        await stack.wait_state(second, "terminated")
+        db = stack.service.getServiceNamed("database").db
+        await db.execute("UPDATE sessions SET last_activity = now() - interval '2 hours' "
+                         "WHERE id = %s", (first,))
+        code, body = await stack.request("PATCH", f"/api/v1/sessions/{first}",
+                                         {"state": "running"})
+        assert code == 200 and body["state"] == "waking", body
+        woken = await stack.wait_state(first, "running")
+        # the move to running restarted the idle clock (both are that transaction's now())
+        assert woken["last_activity"] == woken["state_changed_at"]
+        lifecycle = stack.fleet.lifecycle
+        await lifecycle.sweep()  # an idle sweep now finds nothing to hibernate
+        assert (await stack.session(first))["state"] == "running"
+        assert (await stack.vnc_banner(first)).startswith(b"RFB 003.")
+    finally:
+        leaked = stack.cleanup_agents()
+        await stack.stop()
+    assert not leaked
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_application_that_exits_is_stopped_and_restarts_with_its_home(stack):
+    """Issue 10 item 12 with a real agent: the application ending by itself (`exit` in a
+    terminal) is `stopped`, not `failed`; Restart runs the same template on the same
+    agent with the same home (the file it wrote is still there and gets a second line)."""
+    code, body = await stack.request("POST", "/api/v1/templates", {
+        "name": "blip", "display_name": "Blip", "platforms": {"local": {
+            "command": "echo run >> \"$HOME/runs\"; sleep 2"}}})
+    assert code == 201, body
+    agent = await stack.start_agent("e2e-exit")
+    sid = (await stack.create_session("blip"))["id"]
+    assert (await stack.wait_state(sid, "running", "stopped", "failed"))["state"] in (
+        "running", "stopped")
+    stopped = await stack.wait_state(sid, "stopped", "failed", timeout=20)
+    assert stopped["state"] == "stopped" and stopped["error"] is None, stopped
+    code, body = await stack.request("PATCH", f"/api/v1/sessions/{sid}", {"state": "running"})
+    assert code == 200 and body["state"] in ("pending", "scheduled", "starting", "running")
+    await stack.wait_state(sid, "stopped", "failed", timeout=30)
+
+    async def two_runs():
+        found = list(agent.state_dir.rglob("runs"))
+        return found if found and found[0].read_text().count("run") == 2 else None
+
+    files = await poll(two_runs, what="the restarted session to write into the same home")
+    assert len(files) == 1
+    events = [e[0] for e in await stack.service.getServiceNamed("database").db.query(
+        "SELECT state FROM session_events WHERE session_id = %s ORDER BY id", (sid,))]
+    assert events.count("running") == 2 and events.count("stopped") == 2, events
 
 
 @pytest_twisted.ensureDeferred

@@ -104,6 +104,8 @@ def _wait_exit(proc, timeout=60):
 
 def test_make_run_mode_ctrl_c_stops_agent_then_database_quietly(state_dir):
     """`make run`'s configuration: embedded database, local agent, a running session.
+    A session asked for as soon as /ready answers (the local agent may not be online yet)
+    waits for it and runs; the URL is printed once the agent is online (issue 10 item 13).
     Ctrl-C at a terminal sends SIGINT to the whole foreground process group; only the
     control plane must get it (issue 9 item 6): it stops the agent (SIGTERM), then the
     database, prints no traceback, and leaves no postgres, agent, Xvnc or app behind."""
@@ -123,8 +125,8 @@ def test_make_run_mode_ctrl_c_stops_agent_then_database_quietly(state_dir):
         wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
         token = call("POST", "/api/v1/auth/login",
                      {"username": "admin", "password": "admin-password-1"})["token"]
-        _poll(lambda: _agent_online(call, token), "the local agent to come online")
         session = call("POST", "/api/v1/sessions", {"template": "terminal"}, token)
+        _poll(lambda: _agent_online(call, token), "the local agent to come online")
         _poll(lambda: call("GET", f"/api/v1/sessions/{session['id']}", token=token)["state"]
               == "running", "the session to run on the local agent")
         children = descendants(proc.pid)
@@ -144,6 +146,8 @@ def test_make_run_mode_ctrl_c_stops_agent_then_database_quietly(state_dir):
     assert proc.returncode in (0, -2), out
     assert wait_gone(children) == set(), f"left behind: {children}\n{out[-3000:]}"
     assert "Traceback" not in out and "Unhandled" not in out, out[-5000:]
+    ready = out.index(f"StreamSpace is ready (local agent online): open http://127.0.0.1:{port}")
+    assert out.index("agent local registered") < ready, out[-3000:]
     shutdown = out[out.index("Received SIGINT"):]
     agent_lines = [line for line in shutdown.splitlines() if "[agent]" in line]
     assert any("Received SIGTERM" in line for line in agent_lines), shutdown

@@ -88,6 +88,10 @@ class Stack:
     # -- HTTP -----------------------------------------------------------------------------
 
     async def request(self, method: str, path: str, body=None, token: str | None = None):
+        """One API call; the answer is checked against the OpenAPI document (route,
+        status, shape), as the API tests check theirs."""
+        from tests.integration.api.support import check_against_openapi
+
         headers = {"Content-Type": "application/json"}
         tok = self.token if token is None else token
         if tok:
@@ -95,6 +99,7 @@ class Stack:
         data = json.dumps(body).encode() if body is not None else None
         r = await treq.request(method, self.base + path, data=data, headers=headers)
         content = await r.content()
+        check_against_openapi(method, path, r.code, content)
         return r.code, (json.loads(content) if content else None)
 
     async def login(self, username: str, password: str) -> str:

@@ -131,7 +131,8 @@ class Client:
         assert result.status < 500 or result.status == 503 or self.allow_500, \
             f"{method} {path} -> {result.status}: {result.body[:500]!r}"
         if result.body:
-            assert result.header("Content-Type") == "application/json", result.headers
+            assert result.header("Content-Type") in (
+                "application/json", "text/event-stream"), result.headers
         echoed = _free_form_text(sent)
         for secret in self.secrets:
             if secret in echoed:

@@ -141,6 +141,8 @@ MATRIX: dict[str, tuple[Path, Callable[[], Any], dict[str, int | None]]] = {
     "sessions.get": (a_session, body(), OWNER),
     "sessions.update": (a_session, body({"state": "hibernated"}), OWNER),
     "sessions.delete": (a_session, body(), OWNER),
+    # a running session: the stream replays its events and ends (it has settled)
+    "sessions.events": (lambda w: _suffix(a_session(w), "/events"), body(), OWNER),
     "agents.list": (static("/api/v1/agents"), body(), ADMIN_ONLY),
     "agents.create": (static("/api/v1/agents"),
                       body(lambda: {"agent_id": fresh("new-agent-"), "platform": "local"}),

@@ -15,6 +15,10 @@ EXPECTED_TABLES = {"users", "templates", "agents", "agent_commands", "sessions",
                    "session_events", "revoked_tokens", "audit_log", "schema_migrations"}
 
 
+ALL = [m.version for m in migrations.load_migrations()]  # every migration of the repository
+NEXT = len(ALL) + 1
+
+
 async def tables(db):
     rows = await db.query(
         "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
@@ -24,8 +28,8 @@ async def tables(db):
 @pytest_twisted.ensureDeferred
 async def test_migrate_from_empty_then_idempotent(empty_db):
     state = await migrations.status(empty_db)
-    assert not state.current and [m.version for m in state.pending] == [1]
-    assert await migrations.migrate(empty_db) == [1]
+    assert not state.current and [m.version for m in state.pending] == ALL
+    assert await migrations.migrate(empty_db) == ALL
     assert EXPECTED_TABLES <= await tables(empty_db)
     # the seed's indexes exist
     rows = await empty_db.query("SELECT indexname FROM pg_indexes WHERE schemaname='public'")
@@ -41,11 +45,12 @@ async def test_migrate_from_empty_then_idempotent(empty_db):
 
 @pytest_twisted.ensureDeferred
 async def test_pending_migration_is_reported(db):
-    extra = migrations.load_migrations() + [Migration(2, "next", "CREATE TABLE next_t (x int);")]
+    extra = migrations.load_migrations() + [Migration(NEXT, "next",
+                                                      "CREATE TABLE next_t (x int);")]
     state = await migrations.status(db, extra)
-    assert [m.version for m in state.pending] == [2]
-    assert "pending migrations 0002" in state.problem()
-    assert await migrations.migrate(db, extra) == [2]
+    assert [m.version for m in state.pending] == [NEXT]
+    assert f"pending migrations {NEXT:04d}" in state.problem()
+    assert await migrations.migrate(db, extra) == [NEXT]
     assert "next_t" in await tables(db)
 
 
@@ -66,7 +71,8 @@ async def test_unknown_migration_in_database_is_refused(db):
 
 @pytest_twisted.ensureDeferred
 async def test_edited_migration_is_refused(db):
-    edited = [Migration(1, "initial", "-- edited after release\n")]
+    edited = [Migration(1, "initial", "-- edited after release\n")] + \
+        migrations.load_migrations()[1:]
     state = await migrations.status(db, edited)
     assert state.modified == [1]
     assert "edited after release" in state.problem()
@@ -74,7 +80,7 @@ async def test_edited_migration_is_refused(db):
 
 @pytest_twisted.ensureDeferred
 async def test_failed_migration_rolls_back_everything(empty_db):
-    broken = migrations.load_migrations() + [Migration(2, "broken", "CREATE TABLE oops (;")]
+    broken = migrations.load_migrations() + [Migration(NEXT, "broken", "CREATE TABLE oops (;")]
     try:
         await migrations.migrate(empty_db, broken)
     except Exception:
@@ -95,9 +101,9 @@ async def test_two_connections_migrating_at_once_apply_once(empty_dsn):
             defer.Deferred.fromCoroutine(migrations.migrate(a)),
             defer.Deferred.fromCoroutine(migrations.migrate(b)),
         ])
-        assert sorted(results, key=len) == [[], [1]]
+        assert sorted(results, key=len) == [[], ALL]
         rows = await a.query("SELECT count(*) FROM schema_migrations")
-        assert rows[0][0] == 1
+        assert rows[0][0] == len(ALL)
     finally:
         a.close()
         b.close()
@@ -129,4 +135,4 @@ def test_two_processes_migrating_at_once_apply_once(empty_dsn):
         out, err = p.communicate(timeout=60)
         assert p.returncode == 0, err
         outputs.append(out.strip())
-    assert sorted(outputs) == sorted(["APPLIED []", "APPLIED [1]"])
+    assert sorted(outputs) == sorted(["APPLIED []", f"APPLIED {ALL}"])

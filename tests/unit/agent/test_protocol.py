@@ -60,7 +60,7 @@ def test_decode_accepts_a_valid_frame():
     (frame(id=""), "non-empty strings"),
     (frame(payload={"agent_id": "a"}), "registered payload has no"),
     (frame(type="command", payload={"command_id": "c"}), "command payload has no"),
-    (b"\xff\xfe", "not valid JSON"),
+    (b"\xff\xfe", "not valid UTF-8"),
     (b" " * (MAX_FRAME_BYTES + 1), "over the 64 KiB cap"),
 ])
 def test_decode_rejects_with_a_reason(data, reason):
