@@ -236,9 +236,12 @@ class LocalDriver(PlatformDriver):
                      name: str, waking: bool) -> None:
         check_session_id(session_id)
         current = self._sessions.get(session_id)
+        if current is not None and current.state == "stopping":
+            # e.g. a Restart right after the application exited: its teardown (processes,
+            # account) is still under way; start afresh once it is done
+            await _settled(current.stopped)
+            current = self._sessions.get(session_id)
         if current is not None:
-            if current.state == "stopping":
-                raise DriverError("the session is being stopped; try again in a moment")
             if current.state == "starting":
                 await _settled(current.started)
             if current.state == "running":

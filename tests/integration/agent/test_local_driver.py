@@ -270,6 +270,19 @@ async def test_app_exiting_or_xvnc_dying_is_reported(local):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_restart_while_the_ended_session_is_torn_down_waits_and_runs(local):
+    """A Restart arrives while the agent still tears down the session that just ended
+    (processes, sandbox, account): the start waits for the teardown, then runs afresh."""
+    driver = await local.make()
+    await driver.start_session("again", template(local={"command": "true"}), ALICE, "")
+    await until(lambda: local.statuses, 10, what="the session to end by itself")
+    assert driver._sessions["again"].state == "stopping"  # the teardown is under way
+    await driver.start_session("again", template(), ALICE, "")
+    assert [(i.session_id, i.state) for i in driver.list_sessions()] == [("again", "running")]
+    await driver.stop_session("again")
+
+
+@pytest_twisted.ensureDeferred
 async def test_capacity_and_bad_templates_are_refused_with_a_reason(local):
     driver = await local.make(Capacity(max_sessions=1, max_cpu=4, max_memory_gb=0))
     await driver.start_session("s1", template(), ALICE, "")
