@@ -20,8 +20,9 @@ run_pkgs=(postgresql tigervnc-standalone-server xterm icewm chromium x11-utils
 # Node may come from elsewhere (e.g. nodesource's nodejs bundles npm and conflicts with
 # Debian's npm): only ask Debian for it when the commands are missing.
 command -v npm >/dev/null 2>&1 || run_pkgs+=(nodejs npm)
-# Packages the test suite needs on top (chromium is the browser under test).
-test_pkgs=(chromium)
+# Packages the test suite needs on top (chromium is the browser under test; the suite
+# starts its own dockerd from docker.io and makes base images with debootstrap).
+test_pkgs=(chromium docker.io debootstrap)
 
 pkgs=("${run_pkgs[@]}")
 [ "$mode" = "test" ] && pkgs+=("${test_pkgs[@]}")
