@@ -235,6 +235,7 @@ class DockerEngine:
                 _signal({pid}, signal.SIGKILL)
                 wait_gone({pid}, 10)
         self._kill_leftovers()
+        self._unmount_ours()
         for stale in (self.pidfile, self.socket):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
@@ -247,6 +248,12 @@ class DockerEngine:
             if wait_gone(left, 15):
                 _signal(left, signal.SIGKILL)
                 wait_gone(left, 10)
+
+    def _unmount_ours(self) -> None:
+        """dockerd leaves mounts under its roots (the data root bound onto itself, a netns
+        file); after it has stopped, detach those (and only those: paths under our roots)."""
+        for point in sorted(set(self.mounts()), key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", point], capture_output=True)
 
     def remove_everything(self) -> None:
         """Every container, volume and user network on this (private) engine is ours."""
@@ -280,6 +287,7 @@ class DockerEngine:
                     self.proc.kill()
                     self.proc.wait()
             self._kill_leftovers()
+            self._unmount_ours()
             with contextlib.suppress(FileNotFoundError):
                 self.socket.unlink()
             if not self.persistent:
@@ -288,6 +296,13 @@ class DockerEngine:
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
+
+    def mounts(self) -> list[str]:
+        """Mount points under this engine's roots (none once it has stopped)."""
+        roots = (str(self.data_root), str(self.run_dir))
+        with open("/proc/self/mounts") as f:
+            points = [line.split()[1] for line in f]
+        return [p for p in points if any(p == r or p.startswith(r + "/") for r in roots)]
 
     def processes(self) -> set[int]:
         """Live processes of this engine (dockerd, containerd, shims)."""
@@ -347,7 +362,7 @@ def shared_engine() -> Iterator[DockerEngine]:
                 engine.stop()
 
 
-def _blocking(fn, *args):
+def blocking(fn, *args):
     """Run slow blocking set-up in a thread while the test reactor (pytest-twisted) keeps
     serving whatever else runs (e.g. the suite's PostgreSQL child)."""
     import pytest_twisted
@@ -360,11 +375,11 @@ def _blocking(fn, *args):
 def dockerd():
     """The run's private Docker engine (see the module docstring)."""
     stack = contextlib.ExitStack()
-    engine = _blocking(stack.enter_context, shared_engine())
+    engine = blocking(stack.enter_context, shared_engine())
     try:
         yield engine
     finally:
-        _blocking(stack.close)
+        blocking(stack.close)
 
 
 # -- locally made base images --------------------------------------------------------------

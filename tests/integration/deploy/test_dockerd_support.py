@@ -23,7 +23,7 @@ def spare_engine(tmp_path):
     engine = DockerEngine(data_root=tmp_path / "data", run_dir=short, persistent=False)
     yield engine
     engine.stop()
-    assert not engine.processes()
+    assert not engine.processes() and not engine.mounts()
 
 
 def test_containers_run_on_the_host_network_and_the_cli_sees_their_labels(dockerd):
@@ -83,7 +83,7 @@ def test_a_run_killed_halfway_is_cleaned_up_by_the_next(spare_engine):
         assert successor.image_exists(image)  # images are the cache: they stay
     finally:
         successor.stop()
-    assert not successor.processes()
+    assert not successor.processes() and not successor.mounts()
 
 
 def test_a_stale_pidfile_and_socket_do_not_stop_a_start(spare_engine):
