@@ -1,0 +1,121 @@
+"""The Docker platform in tests: the session image on the suite's dockerd, and a harness
+that makes Docker drivers against it (also for the shared driver contract suite).
+
+- `session_image(engine)`: deploy/session-images/ built the way operators build it
+  (`docker build`), on a debootstrapped bookworm that already has packages.txt installed
+  (tests/support/dockerd.py caches that tarball outside the repository), so the build needs
+  no network and takes seconds once the tarball exists. The tag names the image's inputs:
+  a changed Dockerfile, script or package list is a new image.
+- `DockerHarness`: drivers with host networking (traffic stays on loopback) under one
+  agent id per test; `template()` is a terminal that runs; `leftovers()`/`cleanup()` find
+  and remove whatever of that agent id is still on the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, reactor
+
+from agent.platforms.base import Capacity, SessionTemplate
+from agent.platforms.docker import spec as S
+from agent.platforms.docker.address import EngineAddress
+from agent.platforms.docker.driver import DockerDriver
+from agent.platforms.docker.engine import EngineClient
+from tests.support.dockerd import DockerEngine, base_image
+from tests.support.processes import REPO
+
+SESSION_IMAGES = REPO / "deploy" / "session-images"
+XTERM = "xterm -fa 'DejaVu Sans Mono' -fs 12 -geometry 100x30+0+0"
+
+
+def session_packages() -> list[str]:
+    lines = (SESSION_IMAGES / "packages.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def session_image(engine: DockerEngine) -> str:
+    digest = hashlib.sha256()
+    for name in ("Dockerfile", "streamspace-session", "packages.txt"):
+        digest.update((SESSION_IMAGES / name).read_bytes())
+    ref = f"streamspace/session:test-{digest.hexdigest()[:12]}"
+    if engine.image_exists(ref):
+        return ref
+    base = base_image(engine, include=session_packages(), name="streamspace-session-base")
+    engine.cli("build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", ref,
+               str(SESSION_IMAGES), env={"DOCKER_BUILDKIT": "0"}, timeout=900)
+    return ref
+
+
+def terminal_template(image: str, **changes) -> dict:
+    """A template dict (as the control plane sends it) that runs an xterm in `image`."""
+    docker = {"image": image, "command": XTERM, **changes.pop("docker", {})}
+    data = {"name": "terminal", "display_name": "Terminal", "cpu": 0.5, "memory_mb": 256,
+            "env": {"STREAMSPACE_TEST": "yes"}, "persistent_home": False,
+            "platforms": {"docker": docker}}
+    data.update(changes)
+    return data
+
+
+@dataclass
+class DockerHarness:
+    engine: DockerEngine
+    image: str
+    agent_id: str = field(default_factory=lambda: f"test-{uuid.uuid4().hex[:8]}")
+    statuses: list[tuple[str, str, str]] = field(default_factory=list)
+    progress: list[tuple[str, str]] = field(default_factory=list)
+    drivers: list[DockerDriver] = field(default_factory=list)
+
+    def make(self, capacity: Capacity | None = None, **options) -> DockerDriver:
+        """A driver on the test engine (not started: `await driver.start()`)."""
+        client = EngineClient(reactor, EngineAddress.parse(self.engine.host))
+        options.setdefault("placement", S.Placement(network=S.HOST_NETWORK))
+        driver = DockerDriver(reactor, client, capacity or Capacity(), agent_id=self.agent_id,
+                              **options)
+        driver.set_status_listener(lambda *a: self.statuses.append(a))
+        driver.set_progress_listener(lambda *a: self.progress.append(a))
+        self.drivers.append(driver)
+        return driver
+
+    async def started(self, capacity: Capacity | None = None, **options) -> DockerDriver:
+        driver = self.make(capacity, **options)
+        await driver.start()
+        return driver
+
+    def template(self, **changes) -> SessionTemplate:
+        return SessionTemplate.from_json(terminal_template(self.image, **changes))
+
+    async def shutdown(self) -> None:
+        drivers, self.drivers = self.drivers, []
+        await defer.gatherResults([d.shutdown() for d in drivers], consumeErrors=True)
+
+    def containers(self, **labels: str) -> list[dict]:
+        """This agent's containers, as the real `docker` CLI lists them."""
+        argv = ["ps", "--all", "--no-trunc", "--format", "{{json .}}",
+                "--filter", f"label={S.AGENT}={self.agent_id}"]
+        for key, value in labels.items():
+            argv += ["--filter", f"label={key}={value}"]
+        out = self.engine.cli(*argv).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def volumes(self) -> list[str]:
+        out = self.engine.cli("volume", "ls", "--quiet", "--filter",
+                              f"label={S.AGENT}={self.agent_id}").stdout
+        return out.split()
+
+    def leftovers(self) -> dict[str, list[str]]:
+        return {"containers": [c["Names"] for c in self.containers()],
+                "volumes": self.volumes()}
+
+    def cleanup(self) -> dict[str, list[str]]:
+        """Remove everything of this agent id; returns the containers that were left."""
+        left = self.leftovers()
+        ids = [c["ID"] for c in self.containers()]
+        if ids:
+            self.engine.cli("rm", "--force", *ids)
+        if left["volumes"]:
+            self.engine.cli("volume", "rm", "--force", *left["volumes"])
+        return left
