@@ -6,6 +6,9 @@ that makes Docker drivers against it (also for the shared driver contract suite)
   (tests/support/dockerd.py caches that tarball outside the repository), so the build needs
   no network and takes seconds once the tarball exists. The tag names the image's inputs:
   a changed Dockerfile, script or package list is a new image.
+- `chromium_image(engine)`: Dockerfile.chromium on top of it (apt inside the build, over
+  the host network); built once, then kept as a `docker save` tarball in the same cache,
+  so a fresh engine loads it instead of building it again.
 - `DockerHarness`: drivers with host networking (traffic stays on loopback) under one
   agent id per test; `template()` is a terminal that runs; `leftovers()`/`cleanup()` find
   and remove whatever of that agent id is still on the engine.
@@ -13,8 +16,10 @@ that makes Docker drivers against it (also for the shared driver contract suite)
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import uuid
 from dataclasses import dataclass, field
 
@@ -25,7 +30,7 @@ from agent.platforms.docker import spec as S
 from agent.platforms.docker.address import EngineAddress
 from agent.platforms.docker.driver import DockerDriver
 from agent.platforms.docker.engine import EngineClient
-from tests.support.dockerd import DockerEngine, base_image
+from tests.support.dockerd import DockerEngine, base_image, cache_dir
 from tests.support.processes import REPO
 
 SESSION_IMAGES = REPO / "deploy" / "session-images"
@@ -37,16 +42,46 @@ def session_packages() -> list[str]:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def session_image(engine: DockerEngine) -> str:
-    digest = hashlib.sha256()
-    for name in ("Dockerfile", "streamspace-session", "packages.txt"):
+def _digest(*names: str, extra: str = "") -> str:
+    digest = hashlib.sha256(extra.encode())
+    for name in names:
         digest.update((SESSION_IMAGES / name).read_bytes())
-    ref = f"streamspace/session:test-{digest.hexdigest()[:12]}"
+    return digest.hexdigest()[:12]
+
+
+def _build(engine: DockerEngine, ref: str, *args: str) -> None:
+    # The classic builder: BuildKit would need buildx, which Debian's docker.io lacks.
+    engine.cli("build", "--network", "host", "-t", ref, *args, str(SESSION_IMAGES),
+               env={"DOCKER_BUILDKIT": "0"}, timeout=1200)
+
+
+def session_image(engine: DockerEngine) -> str:
+    ref = f"streamspace/session:test-{_digest('Dockerfile', 'streamspace-session', 'packages.txt')}"
+    if not engine.image_exists(ref):
+        base = base_image(engine, include=session_packages(), name="streamspace-session-base")
+        _build(engine, ref, "--build-arg", f"BASE_IMAGE={base}")
+    return ref
+
+
+def chromium_image(engine: DockerEngine) -> str:
+    session = session_image(engine)
+    ref = f"streamspace/session-chromium:test-{_digest('Dockerfile.chromium', extra=session)}"
     if engine.image_exists(ref):
         return ref
-    base = base_image(engine, include=session_packages(), name="streamspace-session-base")
-    engine.cli("build", "--network", "host", "--build-arg", f"BASE_IMAGE={base}", "-t", ref,
-               str(SESSION_IMAGES), env={"DOCKER_BUILDKIT": "0"}, timeout=900)
+    folder = cache_dir() / "images"
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = folder / f"{ref.replace('/', '_').replace(':', '_')}.tar"
+    with open(folder / f"{saved.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once build it once
+        if saved.exists():
+            engine.cli("load", "--input", str(saved), timeout=900)
+            if engine.image_exists(ref):
+                return ref
+        _build(engine, ref, "-f", str(SESSION_IMAGES / "Dockerfile.chromium"),
+               "--build-arg", f"SESSION_IMAGE={session}")
+        partial = folder / f"{saved.name}.partial"
+        engine.cli("save", "--output", str(partial), ref, timeout=900)
+        os.replace(partial, saved)
     return ref
 
 

@@ -378,8 +378,8 @@ class DockerDriver(PlatformDriver):
             return
         actor = event.get("Actor") or {}
         sess = self._sessions.get((actor.get("Attributes") or {}).get(S.SESSION, ""))
-        if sess is None or (sess.container_id and actor.get("ID") != sess.container_id):
-            return
+        if sess is None or sess.container_id is None or actor.get("ID") != sess.container_id:
+            return  # not ours, or an earlier container of the session (a recreated one)
         action = str(event.get("Action") or "")
         if action == "oom":
             sess.oom = True
@@ -411,7 +411,6 @@ def _sentences(what: str, coro) -> defer.Deferred:
         try:
             return await coro
         except EngineError as e:
-            raise DriverError(f"the agent could not {what}: the Docker engine answered "
-                              f"{e.message}") from e
+            raise DriverError(f"the agent could not {what}: {e.message}") from e
 
     return defer.ensureDeferred(run())

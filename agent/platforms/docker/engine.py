@@ -16,7 +16,13 @@ from urllib.parse import quote
 
 from treq.client import HTTPClient
 from twisted.internet import defer, protocol
-from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    ResponseFailed,
+    ResponseNeverReceived,
+    _HTTP11ClientFactory,
+)
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
@@ -158,6 +164,11 @@ class EngineClient:
             return await self._http.request(method, self._url(path, versioned), **kwargs)
         except defer.CancelledError:
             raise
+        except (ResponseNeverReceived, ResponseFailed) as e:
+            if any(r.check(defer.CancelledError) for r in e.reasons):
+                raise defer.CancelledError() from e  # the caller cancelled: not an engine fault
+            raise EngineError(None, f"the Docker engine at {self.address.describe()} did "
+                                    f"not answer ({_describe(e)})") from e
         except Exception as e:
             raise EngineError(None, f"the Docker engine at {self.address.describe()} did "
                                     f"not answer ({_describe(e)})") from e

@@ -7,18 +7,21 @@ containers again, and a cancelled start leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, threads
 
-from agent.platforms.base import Capacity, CapacityError, DriverError, UserRef
+from agent.platforms.base import Capacity, CapacityError, DriverError, SessionTemplate, UserRef
 from agent.platforms.docker import spec as S
 from agent.platforms.docker.driver import DockerDriver
 from agent.platforms.xvnc import read_rfb_banner
 from tests.integration.agent.test_local_driver import _banner_through, screenshot_until_drawn
+from tests.support.docker_sessions import chromium_image
 from tests.support.http import poll
 from tests.support.polling import until
+from tests.support.processes import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -239,6 +242,14 @@ async def test_a_cancelled_start_leaves_nothing_behind(docker):
     assert driver.list_sessions() == []
     assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
 
+    # cancelled at once, with its first engine request in flight
+    starting = driver.start_session("c2", silent, ALICE, "")
+    starting.cancel()
+    with pytest.raises(defer.CancelledError):
+        await starting
+    assert driver.list_sessions() == []
+    assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
+
 
 @pytest_twisted.ensureDeferred
 async def test_capacity_is_enforced_before_anything_is_created(docker):
@@ -249,3 +260,51 @@ async def test_capacity_is_enforced_before_anything_is_created(docker):
     assert [c["Names"] for c in await threads.deferToThread(docker.containers)] == [
         "streamspace-k1"]
     await driver.stop_session("k1")
+
+
+@pytest_twisted.ensureDeferred
+async def test_wake_on_a_port_taken_meanwhile_makes_a_new_container_on_the_same_home(docker):
+    driver = await docker.started()
+    template = docker.template()  # a per-session volume: it must survive the recreation
+    await driver.start_session("w1", template, ALICE, "")
+    old, port = driver.container_id("w1"), driver.vnc_address("w1").port
+    await cli(docker, "exec", old, "sh", "-c", "echo kept > $HOME/note")
+    await driver.hibernate_session("w1")
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", port))
+    squatter.listen(1)
+    try:
+        await driver.wake_session("w1", template, None)
+    finally:
+        squatter.close()
+    new = driver.container_id("w1")
+    assert new != old and driver.vnc_address("w1").port != port
+    assert [c["ID"] for c in await threads.deferToThread(docker.containers)] == [new]
+    assert (await cli(docker, "exec", new, "cat", "/home/streamspace/note")).stdout == "kept\n"
+    assert (await _banner_through(await driver.vnc_endpoint("w1"))).startswith(b"RFB 003.")
+    await driver.stop_session("w1")
+    assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
+
+
+def catalog_templates() -> list[dict]:
+    data = json.loads((REPO / "catalog" / "templates.json").read_text())
+    return [t for t in data["templates"] if "docker" in t["platforms"]]
+
+
+@pytest.mark.parametrize("tpl", catalog_templates(), ids=lambda t: t["name"])
+@pytest_twisted.ensureDeferred
+async def test_the_default_catalog_runs_on_the_docker_platform(docker, tmp_path, tpl):
+    """Each catalog template as written: its image names resolve to the images built from
+    deploy/session-images (tagged so on the test engine)."""
+    built = {"streamspace/session:bookworm": docker.image,
+             "streamspace/session-chromium:bookworm":
+                 await threads.deferToThread(chromium_image, docker.engine)}
+    image = tpl["platforms"]["docker"]["image"]
+    assert image in built, f"{image} is not built from deploy/session-images"
+    await cli(docker, "tag", built[image], image)
+    driver = await docker.started()
+    await driver.start_session("cat-1", SessionTemplate.from_json(tpl), ALICE, "")
+    endpoint = driver.vnc_address("cat-1")
+    await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png", minimum=100)
+    await driver.stop_session("cat-1", purge=True)
+    assert docker.statuses == []
