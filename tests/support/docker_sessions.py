@@ -104,9 +104,10 @@ class DockerHarness:
     progress: list[tuple[str, str]] = field(default_factory=list)
     drivers: list[DockerDriver] = field(default_factory=list)
 
-    def make(self, capacity: Capacity | None = None, **options) -> DockerDriver:
+    def make(self, capacity: Capacity | None = None, client: EngineClient | None = None,
+             **options) -> DockerDriver:
         """A driver on the test engine (not started: `await driver.start()`)."""
-        client = EngineClient(reactor, EngineAddress.parse(self.engine.host))
+        client = client or EngineClient(reactor, EngineAddress.parse(self.engine.host))
         options.setdefault("placement", S.Placement(network=S.HOST_NETWORK))
         driver = DockerDriver(reactor, client, capacity or Capacity(), agent_id=self.agent_id,
                               **options)
