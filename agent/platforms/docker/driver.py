@@ -389,6 +389,10 @@ class DockerDriver(PlatformDriver):
                 defer.ensureDeferred(self._ended(sess)).addErrback(
                     lambda f: log.failure("reporting the end of session {session_id}", f,
                                           session_id=sess.session_id))
+            elif action == "destroy" and sess.state == HIBERNATED:  # removed behind our back
+                del self._sessions[sess.session_id]
+                self.report_status(sess.session_id, "failed", "the hibernated session's "
+                                   "container was removed from the Docker engine")
 
     async def _ended(self, sess: DockerSession) -> None:
         """It ended on its own: tell the control plane why, and clear it away."""

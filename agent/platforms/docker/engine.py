@@ -155,23 +155,37 @@ class EngineClient:
     async def _send(self, method: str, path: str, params: Mapping[str, Any] | None = None,
                     body: Any = None, timeout: float | None = REQUEST_TIMEOUT,
                     versioned: bool = True, unbuffered: bool = False):
-        kwargs: dict[str, Any] = {"params": _query(params), "timeout": timeout,
-                                  "unbuffered": unbuffered}
+        """The response (headers received); EngineError if the engine did not answer in
+        `timeout` seconds. Cancelling the caller's Deferred cancels the request and raises
+        CancelledError, so a command's deadline is not mistaken for an engine fault."""
+        kwargs: dict[str, Any] = {"params": _query(params), "unbuffered": unbuffered}
         if body is not None:
             kwargs["data"] = json.dumps(body).encode()
             kwargs["headers"] = {"Content-Type": ["application/json"]}
+        where = f"the Docker engine at {self.address.describe()}"
+        request = self._http.request(method, self._url(path, versioned), **kwargs)
+        expired: list[bool] = []
+        timer = None
+        if timeout:
+            def expire() -> None:
+                expired.append(True)
+                request.cancel()
+
+            timer = self.reactor.callLater(timeout, expire)
         try:
-            return await self._http.request(method, self._url(path, versioned), **kwargs)
-        except defer.CancelledError:
-            raise
-        except (ResponseNeverReceived, ResponseFailed) as e:
-            if any(r.check(defer.CancelledError) for r in e.reasons):
-                raise defer.CancelledError() from e  # the caller cancelled: not an engine fault
-            raise EngineError(None, f"the Docker engine at {self.address.describe()} did "
-                                    f"not answer ({_describe(e)})") from e
+            return await request
         except Exception as e:
-            raise EngineError(None, f"the Docker engine at {self.address.describe()} did "
-                                    f"not answer ({_describe(e)})") from e
+            if expired:
+                raise EngineError(None, f"{where} did not answer {method} {path} within "
+                                        f"{timeout:g} s") from e
+            if isinstance(e, defer.CancelledError) or (
+                    isinstance(e, ResponseNeverReceived | ResponseFailed)
+                    and any(r.check(defer.CancelledError) for r in e.reasons)):
+                raise defer.CancelledError() from e  # the caller cancelled
+            raise EngineError(None, f"{where} did not answer ({_describe(e)})") from e
+        finally:
+            if timer is not None and timer.active():
+                timer.cancel()
 
     async def _error(self, response) -> EngineError:
         raw = await response.content()

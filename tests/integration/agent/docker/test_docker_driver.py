@@ -144,7 +144,17 @@ async def test_pause_mode_freezes_the_programs_and_wake_thaws_them(docker):
     state = (await inspect(docker, cid))["State"]
     assert state["Running"] and not state["Paused"] and state["Pid"] == before  # same process
     assert (await _banner_through(await driver.vnc_endpoint("s4"))).startswith(b"RFB 003.")
-    await driver.stop_session("s4")
+    await driver.hibernate_session("s4")
+    await driver.stop_session("s4")  # a paused container is removed too
+    assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
+
+    # a hibernated container removed behind the agent's back leaves the table
+    await driver.start_session("s5", docker.template(), ALICE, "")
+    await driver.hibernate_session("s5")
+    await cli(docker, "rm", driver.container_id("s5"))
+    await until(lambda: not driver.list_sessions(), what="the removal to be noticed")
+    assert docker.statuses == [("s5", "failed", "the hibernated session's container was "
+                                                "removed from the Docker engine")]
 
 
 @pytest_twisted.ensureDeferred
