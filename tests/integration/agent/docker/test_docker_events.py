@@ -16,6 +16,7 @@ from twisted.internet.endpoints import UNIXClientEndpoint, UNIXServerEndpoint
 from agent.platforms.base import UserRef
 from agent.platforms.docker.address import EngineAddress
 from agent.platforms.docker.engine import EngineClient
+from tests.support.http import poll
 from tests.support.polling import until
 
 pytestmark = pytest.mark.slow
@@ -91,6 +92,8 @@ async def test_a_death_while_the_stream_was_down_is_reported_after_it_reopens(do
         assert (sid, state) == ("e1", "failed") and "exited with code 137" in reason, reason
         await until(lambda: driver.events.connected, what="the stream to be open again")
         assert driver.list_sessions() == []
+        await poll(lambda: threads.deferToThread(lambda: not docker.containers()),
+                   what="the dead container to be removed")
     finally:
         if relay.port is not None and relay.port.connected:
             await relay.port.stopListening()
