@@ -12,6 +12,14 @@ that makes Docker drivers against it (also for the shared driver contract suite)
 - `DockerHarness`: drivers with host networking (traffic stays on loopback) under one
   agent id per test; `template()` is a terminal that runs; `leftovers()`/`cleanup()` find
   and remove whatever of that agent id is still on the engine.
+- Fixtures for any test module (import them, with `dockerd`, into its conftest or module):
+  `docker_session_image` (per run) and `docker_harness` (per test; afterwards no
+  container of its agent id may be left). The shared driver contract suite plugs the
+  Docker driver in with them:
+
+      driver = await docker_harness.started(capacity)   # discovery done, like an agent
+      template = docker_harness.template()              # a SessionTemplate that runs
+      # teardown: drivers shut down, everything of the agent id removed and checked
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import os
 import uuid
 from dataclasses import dataclass, field
 
+import pytest
+import pytest_twisted
 from twisted.internet import defer, reactor
 
 from agent.platforms.base import Capacity, SessionTemplate
@@ -30,7 +40,7 @@ from agent.platforms.docker import spec as S
 from agent.platforms.docker.address import EngineAddress
 from agent.platforms.docker.driver import DockerDriver
 from agent.platforms.docker.engine import EngineClient
-from tests.support.dockerd import DockerEngine, base_image, cache_dir
+from tests.support.dockerd import DockerEngine, base_image, blocking, cache_dir
 from tests.support.processes import REPO
 
 SESSION_IMAGES = REPO / "deploy" / "session-images"
@@ -155,3 +165,17 @@ class DockerHarness:
         if left["volumes"]:
             self.engine.cli("volume", "rm", "--force", *left["volumes"])
         return left
+
+
+@pytest.fixture(scope="session")
+def docker_session_image(dockerd) -> str:
+    return blocking(session_image, dockerd)
+
+
+@pytest.fixture
+def docker_harness(dockerd, docker_session_image):
+    harness = DockerHarness(dockerd, docker_session_image)
+    yield harness
+    pytest_twisted.blockon(defer.ensureDeferred(harness.shutdown()))
+    left = blocking(harness.cleanup)
+    assert not left["containers"], f"containers left behind: {left['containers']}"

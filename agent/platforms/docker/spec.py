@@ -146,10 +146,12 @@ class SessionSpec:
             raise DriverError(f"{where}.vnc_port_env must be a variable name")
         security_opt = _strings(docker.get("security_opt"), f"{where}.security_opt")
         for opt in security_opt:
-            if opt.replace("=", ":").startswith("no-new-privileges") or "unconfined" in opt:
+            flat = opt.replace("=", ":").lower()
+            if flat.startswith("no-new-privileges") or "unconfined" in flat or \
+                    flat == "label:disable":
                 raise DriverError(f"{where}.security_opt {opt!r} would weaken the session's "
-                                  "confinement (no-new-privileges is always on; seccomp "
-                                  "and AppArmor stay confined)")
+                                  "confinement (no-new-privileges is always on; seccomp, "
+                                  "AppArmor and SELinux stay confined)")
         caps = []
         for cap in _strings(docker.get("cap_add"), f"{where}.cap_add"):
             name = cap.upper()

@@ -111,6 +111,7 @@ def test_home_volume_per_user_and_template_or_per_session():
     ({"cap_add": "NET_ADMIN"}, "list of strings"),
     ({"security_opt": ["no-new-privileges=false"]}, "weaken"),
     ({"security_opt": ["seccomp=unconfined"]}, "weaken"),
+    ({"security_opt": ["label=disable"]}, "weaken"),
     ({"hibernate": "sleep"}, "'stop' or 'pause'"),
     ({"vnc_port": 0}, "port number"),
     ({"vnc_port": True}, "port number"),
