@@ -86,3 +86,24 @@ def allocate_host_port(taken: set[int], ports: range = HOST_PORTS) -> int:
             return port
     raise DriverError(f"no free TCP port for the session's VNC server "
                       f"({ports.start}-{ports.stop - 1} are all in use)")
+
+
+ICC_OPTION = "com.docker.network.bridge.enable_icc"
+
+
+def isolation_warning(placement: Placement, network: dict[str, Any] | None) -> str | None:
+    """Why sessions on this network could reach each other's VNC servers (which have no
+    password: only the agent is meant to reach them), or None when they cannot."""
+    if placement.host_network:
+        return ("DOCKER_NETWORK=host: sessions share the host's loopback, so each can reach "
+                "the others' VNC servers; use it for one user's sessions or for tests, and a "
+                "network without inter-container traffic otherwise (docs/docker.md)")
+    if network is None:
+        return (f"the Docker network {placement.network!r} does not exist (yet): sessions "
+                "will fail to start until it does")
+    options = network.get("Options") or {}
+    if network.get("Driver") == "bridge" and options.get(ICC_OPTION, "true") != "false":
+        return (f"the Docker network {placement.network!r} lets containers talk to each "
+                f"other, so a session can reach the others' VNC servers; create one with "
+                f"-o {ICC_OPTION}=false (docs/docker.md)")
+    return None

@@ -15,6 +15,8 @@ reports containers that die (exit code, OOM, last output) as `session_status`.
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from twisted.internet import defer
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -39,6 +41,7 @@ from agent.platforms.docker import spec as S
 from agent.platforms.docker.containers import (
     allocate_host_port,
     exit_reason,
+    isolation_warning,
     port_free,
     vnc_endpoint,
 )
@@ -80,6 +83,7 @@ class DockerDriver(PlatformDriver):
     async def _discover(self) -> None:
         """Retry until the engine answers; then find this agent's containers again."""
         version = await self._retrying("reach the Docker engine", self.client.negotiate)
+        await self._warn_about_isolation()
         self._held_events = []  # from here on, events wait until the listing is done
         await self.events.start()  # reopens itself until it is open
         await self._retrying("list this agent's containers", self._reconcile)
@@ -90,6 +94,21 @@ class DockerDriver(PlatformDriver):
                  "of this agent", version=self.client.engine_version,
                  api=f"{version[0]}.{version[1]}", where=self.client.address.describe(),
                  n=len(self._sessions))
+
+    async def _warn_about_isolation(self) -> None:
+        network = None
+        if not self.placement.host_network:
+            try:
+                network = await self.client.call(
+                    "GET", f"/networks/{quote(self.placement.network)}")
+            except EngineError as e:
+                if e.status != 404:
+                    log.warn("could not inspect the Docker network {network}: {e}",
+                             network=self.placement.network, e=e.message)
+                    return
+        warning = isolation_warning(self.placement, network)
+        if warning:
+            log.warn("{warning}", warning=warning)
 
     async def _retrying(self, what: str, step):
         delay = capped_backoff(initial=0.5, cap=10.0)

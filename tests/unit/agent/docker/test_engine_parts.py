@@ -9,7 +9,12 @@ import pytest
 from agent.platforms.base import DriverError, VncEndpoint
 from agent.platforms.docker import build_driver
 from agent.platforms.docker.address import EngineAddress
-from agent.platforms.docker.containers import exit_reason, last_output, vnc_endpoint
+from agent.platforms.docker.containers import (
+    exit_reason,
+    isolation_warning,
+    last_output,
+    vnc_endpoint,
+)
 from agent.platforms.docker.engine import EngineError, choose_version, demultiplex
 from agent.platforms.docker.images import PullProgress, split_reference
 from agent.platforms.docker.spec import VNC_PORT, Placement
@@ -138,3 +143,12 @@ def test_build_driver_from_settings():
     assert driver.name == "docker" and driver.outlives_agent
     assert driver.placement.host_network and driver.pull_policy == "never"
     assert driver.purge_homes and driver.agent_id == "a1"
+
+
+def test_networks_that_let_sessions_reach_each_other_are_named_at_start():
+    assert "share the host's loopback" in isolation_warning(Placement("host"), None)
+    assert "does not exist" in isolation_warning(Placement("sessions"), None)
+    open_bridge = {"Driver": "bridge", "Options": {}}
+    assert "enable_icc=false" in isolation_warning(Placement("bridge"), open_bridge)
+    closed = {"Driver": "bridge", "Options": {"com.docker.network.bridge.enable_icc": "false"}}
+    assert isolation_warning(Placement("sessions"), closed) is None
