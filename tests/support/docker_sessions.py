@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
+from twisted.internet import defer, protocol, reactor
 
 from agent.platforms.base import Capacity, SessionTemplate
 from agent.platforms.docker import spec as S
@@ -42,9 +42,40 @@ from agent.platforms.docker.driver import DockerDriver
 from agent.platforms.docker.engine import EngineClient
 from tests.support.dockerd import DockerEngine, base_image, blocking, cache_dir
 from tests.support.processes import REPO
+from tests.support.xvnc_sessions import capture, distinct_colours
 
 SESSION_IMAGES = REPO / "deploy" / "session-images"
 XTERM = "xterm -fa 'DejaVu Sans Mono' -fs 12 -geometry 100x30+0+0"
+
+
+async def rfb_banner(endpoint) -> bytes:
+    """The first 12 bytes a VNC server sends through `endpoint` (an IStreamClientEndpoint,
+    what the agent's tunnels dial)."""
+    received: defer.Deferred[bytes] = defer.Deferred()
+
+    class Greeting(protocol.Protocol):
+        buffered = b""
+
+        def dataReceived(self, data: bytes) -> None:  # noqa: N802
+            self.buffered += data
+            if len(self.buffered) >= 12 and not received.called:
+                received.callback(self.buffered[:12])
+                self.transport.loseConnection()
+
+    await endpoint.connect(protocol.Factory.forProtocol(Greeting))
+    return await received.addTimeout(10, reactor)
+
+
+async def screen_until_drawn(port: int, path, minimum: int = 30, timeout: float = 20) -> int:
+    """A real VNC client (vncdotool) captures 127.0.0.1::port until the frame shows more
+    than `minimum` colours (applications draw a moment after the display accepts RFB)."""
+    deadline = reactor.seconds() + timeout
+    while True:
+        await capture(port, path)
+        colours = distinct_colours(path)
+        if colours >= minimum:
+            return colours
+        assert reactor.seconds() < deadline, f"only {colours} colours on screen"
 
 
 def session_packages() -> list[str]:

@@ -284,9 +284,7 @@ class DockerDriver(PlatformDriver):
             raise await self._failure_at_start(sess, info)
         sess.endpoint = vnc_endpoint(info, self.placement)
         try:
-            await xvnc.wait_for_rfb(self.reactor, sess.endpoint.host, sess.endpoint.port,
-                                    self.ready_timeout,
-                                    gave_up=lambda: sess.exited or sess.aborted)
+            await self._speaks_rfb(sess, gave_up=lambda: sess.exited or sess.aborted)
         except xvnc.RfbNotReady as e:
             if sess.aborted:
                 raise DriverError("the session was stopped while it was starting") from e
@@ -296,6 +294,13 @@ class DockerDriver(PlatformDriver):
             raise DriverError(f"the session's container runs but its VNC server did not "
                               f"answer: {e}") from e
         sess.state = RUNNING
+
+    async def _speaks_rfb(self, sess: DockerSession, gave_up) -> None:
+        """Poll the session's VNC endpoint until it sends an RFB banner (xvnc.RfbNotReady
+        when it does not within the ready timeout, or `gave_up()`)."""
+        assert sess.endpoint is not None
+        await xvnc.wait_for_rfb(self.reactor, sess.endpoint.host, sess.endpoint.port,
+                                self.ready_timeout, gave_up=gave_up)
 
     async def _failure_at_start(self, sess: DockerSession, info: dict) -> DriverError:
         _, reason = exit_reason(info.get("State") or {}, await self.ops.logs(sess),
@@ -345,8 +350,7 @@ class DockerDriver(PlatformDriver):
             if sess.paused_mode:
                 await self.ops.call("POST", f"/containers/{sess.ref}/unpause")
                 sess.endpoint = vnc_endpoint(await self.ops.inspect(sess), self.placement)
-                await xvnc.wait_for_rfb(self.reactor, sess.endpoint.host, sess.endpoint.port,
-                                        self.ready_timeout, gave_up=lambda: sess.exited)
+                await self._speaks_rfb(sess, gave_up=lambda: sess.exited)
                 sess.state = RUNNING
             else:
                 if self.placement.host_network and not port_free(sess.vnc_port):

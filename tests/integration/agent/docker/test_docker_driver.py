@@ -16,9 +16,7 @@ from twisted.internet import defer, reactor, threads
 from agent.platforms.base import Capacity, CapacityError, DriverError, SessionTemplate, UserRef
 from agent.platforms.docker import spec as S
 from agent.platforms.docker.driver import DockerDriver
-from agent.platforms.xvnc import read_rfb_banner
-from tests.integration.agent.test_local_driver import _banner_through, screenshot_until_drawn
-from tests.support.docker_sessions import chromium_image
+from tests.support.docker_sessions import chromium_image, rfb_banner, screen_until_drawn
 from tests.support.http import poll
 from tests.support.polling import until
 from tests.support.processes import REPO
@@ -59,7 +57,7 @@ async def test_session_runs_confined_labelled_and_seen_by_a_vnc_client(docker, t
     assert ("s1", "container created") in docker.progress
     endpoint = driver.vnc_address("s1")
     assert endpoint.host == "127.0.0.1"
-    assert (await _banner_through(await driver.vnc_endpoint("s1"))).startswith(b"RFB 003.")
+    assert (await rfb_banner(await driver.vnc_endpoint("s1"))).startswith(b"RFB 003.")
 
     # what the real docker CLI sees (the contract with operators and their tooling)
     [listed] = await threads.deferToThread(docker.containers, **{S.SESSION: "s1"})
@@ -86,7 +84,7 @@ async def test_session_runs_confined_labelled_and_seen_by_a_vnc_client(docker, t
     assert ours == [f"0100007F:{endpoint.port:04X}"], ours
 
     # a real VNC client sees the desktop: the xterm drawn, not a blank frame
-    assert await screenshot_until_drawn(endpoint.port, tmp_path / "s1.png") >= 30
+    assert await screen_until_drawn(endpoint.port, tmp_path / "s1.png") >= 30
 
     await driver.stop_session("s1")
     assert driver.list_sessions() == [] and driver.usage().sessions == 0
@@ -112,8 +110,7 @@ async def test_hibernate_stops_wake_starts_and_the_home_is_kept(docker):
     await driver.wake_session("s2", template, None)
     c = await inspect(docker, cid)
     assert c["Name"] == "/streamspace-s2" and c["State"]["Running"]
-    endpoint = driver.vnc_address("s2")
-    assert (await read_rfb_banner(reactor, endpoint.host, endpoint.port)).startswith(b"RFB")
+    assert (await rfb_banner(await driver.vnc_endpoint("s2"))).startswith(b"RFB 003.")
     assert (await cli(docker, "exec", cid, "cat", "/home/streamspace/note")).stdout == "kept\n"
 
     # stop removes the container; the user's home for this template stays for next time
@@ -143,7 +140,7 @@ async def test_pause_mode_freezes_the_programs_and_wake_thaws_them(docker):
     await driver.wake_session("s4", template, None)
     state = (await inspect(docker, cid))["State"]
     assert state["Running"] and not state["Paused"] and state["Pid"] == before  # same process
-    assert (await _banner_through(await driver.vnc_endpoint("s4"))).startswith(b"RFB 003.")
+    assert (await rfb_banner(await driver.vnc_endpoint("s4"))).startswith(b"RFB 003.")
     await driver.hibernate_session("s4")
     await driver.stop_session("s4")  # a paused container is removed too
     assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
@@ -223,7 +220,7 @@ async def test_a_restarted_driver_finds_its_containers_and_what_died_meanwhile(d
     assert sorted((s.session_id, s.state) for s in other.list_sessions()) == [
         ("r1", "running"), ("r2", "hibernated")]
     assert other.vnc_address("r1") == endpoint
-    assert (await _banner_through(await other.vnc_endpoint("r1"))).startswith(b"RFB 003.")
+    assert (await rfb_banner(await other.vnc_endpoint("r1"))).startswith(b"RFB 003.")
     [(sid, state, reason)] = docker.statuses
     assert (sid, state) == ("r3", "failed") and "code 137" in reason
     assert sorted(c["Names"] for c in await threads.deferToThread(docker.containers)) == [
@@ -291,7 +288,7 @@ async def test_wake_on_a_port_taken_meanwhile_makes_a_new_container_on_the_same_
     assert new != old and driver.vnc_address("w1").port != port
     assert [c["ID"] for c in await threads.deferToThread(docker.containers)] == [new]
     assert (await cli(docker, "exec", new, "cat", "/home/streamspace/note")).stdout == "kept\n"
-    assert (await _banner_through(await driver.vnc_endpoint("w1"))).startswith(b"RFB 003.")
+    assert (await rfb_banner(await driver.vnc_endpoint("w1"))).startswith(b"RFB 003.")
     await driver.stop_session("w1")
     assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
 
@@ -315,6 +312,6 @@ async def test_the_default_catalog_runs_on_the_docker_platform(docker, tmp_path,
     driver = await docker.started()
     await driver.start_session("cat-1", SessionTemplate.from_json(tpl), ALICE, "")
     endpoint = driver.vnc_address("cat-1")
-    await screenshot_until_drawn(endpoint.port, tmp_path / "screen.png", minimum=100)
+    await screen_until_drawn(endpoint.port, tmp_path / "screen.png", minimum=100)
     await driver.stop_session("cat-1", purge=True)
     assert docker.statuses == []
