@@ -238,11 +238,13 @@ async def test_a_restarted_driver_finds_its_containers_and_what_died_meanwhile(d
 @pytest_twisted.ensureDeferred
 async def test_a_cancelled_start_leaves_nothing_behind(docker):
     driver = await docker.started(ready_timeout=60)
-    silent = docker.template(docker={"entrypoint": ["sleep", "300"]})  # never speaks RFB
+    # runs, but never speaks RFB (no command: the image's CMD does not follow an entrypoint)
+    silent = docker.template(docker={"entrypoint": ["sleep", "300"], "command": None})
     starting = driver.start_session("c1", silent, ALICE, "")
     await until(lambda: driver.container_id("c1") and
                 ("c1", "container started; waiting for its VNC server") in docker.progress,
                 timeout=10, what="the container to be started")
+    assert (await inspect(docker, driver.container_id("c1")))["State"]["Running"]
     starting.cancel()
     with pytest.raises(defer.CancelledError):
         await starting
