@@ -45,6 +45,25 @@ SETTINGS: list[Setting] = [
     Setting("state-dir", "AGENT_STATE_DIR", "./.streamspace/agent",
             "directory for session homes and the executed-command journal"),
     Setting("log-level", "LOG_LEVEL", "info", "debug, info, warn or error", log_level),
+    # PLATFORM=docker (docs/docker.md)
+    Setting("docker-host", "DOCKER_HOST", "unix:///var/run/docker.sock",
+            "Docker engine of the docker platform: unix:///PATH or tcp://HOST:PORT"),
+    Setting("docker-tls-verify", "DOCKER_TLS_VERIFY", "",
+            "any value but 0: talk TLS to a tcp:// engine, verified with DOCKER_CERT_PATH"),
+    Setting("docker-cert-path", "DOCKER_CERT_PATH", "",
+            "directory of ca.pem, cert.pem and key.pem for DOCKER_TLS_VERIFY (~/.docker)"),
+    Setting("docker-network", "DOCKER_NETWORK", "bridge",
+            "network of session containers; host: the agent's network, each session's VNC "
+            "server on its own 127.0.0.1 port"),
+    Setting("docker-publish-vnc", "DOCKER_PUBLISH_VNC", "false",
+            "true: publish each session's VNC port on a 127.0.0.1 host port and connect there",
+            one_of("true", "false")),
+    Setting("docker-pull", "DOCKER_PULL", "missing",
+            "when to pull session images: missing, always or never",
+            one_of("missing", "always", "never")),
+    Setting("docker-purge-homes", "DOCKER_PURGE_HOMES", "on-request",
+            "on-request: home volumes are deleted only by a stop with purge; always: at "
+            "every stop", one_of("on-request", "always")),
 ]
 
 

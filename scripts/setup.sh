@@ -25,6 +25,8 @@ command -v npm >/dev/null 2>&1 || run_pkgs+=(nodejs npm)
 # Packages the test suite needs on top (chromium is the browser under test; the suite
 # starts its own dockerd from docker.io and makes base images with debootstrap).
 test_pkgs=(chromium docker.io debootstrap)
+# The Docker platform's tests pull from a registry of their own on loopback.
+test_pkgs+=(docker-registry)
 
 pkgs=("${run_pkgs[@]}")
 [ "$mode" = "test" ] && pkgs+=("${test_pkgs[@]}")

@@ -165,15 +165,17 @@ class Stack:
         return body["token"]
 
     async def start_agent(self, agent_id: str = "agent-e2e", token: str | None = None,
-                          extra_env: dict | None = None, wait_online: bool = True
-                          ) -> AgentProcess:
-        token = token or await self.provision_agent(agent_id)
+                          extra_env: dict | None = None, wait_online: bool = True,
+                          platform: str = "local") -> AgentProcess:
+        """A `twistd agent` process; `extra_env` overrides its environment (e.g. DOCKER_*
+        settings for `platform="docker"`)."""
+        token = token or await self.provision_agent(agent_id, platform)
         state = self.state_dir / f"agent-{agent_id}"
         state.mkdir(parents=True, exist_ok=True)
         log_path = self.state_dir / f"agent-{agent_id}.log"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(REPO),
                "PYTHONUNBUFFERED": "1", "AGENT_ID": agent_id, "AGENT_TOKEN": token,
-               "CONTROL_PLANE_URL": self.base, "PLATFORM": "local",
+               "CONTROL_PLANE_URL": self.base, "PLATFORM": platform,
                "AGENT_STATE_DIR": str(state), "HEARTBEAT_INTERVAL": "1s",
                "LOG_LEVEL": "debug", **(extra_env or {})}
         out = open(log_path, "ab")  # noqa: SIM115 - the child owns it

@@ -76,7 +76,7 @@ def test_durations(text, seconds):
 
 def test_agent_options_report_everything_missing():
     with pytest.raises(ConfigError) as info:
-        parse(AgentOptions, [], {"MAX_SESSIONS": "many", "PLATFORM": "docker"})
+        parse(AgentOptions, [], {"MAX_SESSIONS": "many", "PLATFORM": "mainframe"})
     joined = " ".join(info.value.problems)
     for needle in ("MAX_SESSIONS", "PLATFORM"):
         assert needle in joined
