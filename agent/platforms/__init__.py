@@ -13,6 +13,7 @@ from typing import Any
 
 DRIVERS: dict[str, str] = {
     "local": "agent.platforms.local",
+    "kubernetes": "agent.platforms.kubernetes",
 }
 
 

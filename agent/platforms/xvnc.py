@@ -112,6 +112,12 @@ class _Banner(protocol.Protocol):
 async def read_rfb_banner(reactor, host: str, port: int, timeout: float = 2.0) -> bytes:
     """Connect, read the 12-byte RFB ProtocolVersion, disconnect."""
     endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    return await read_banner_via(reactor, endpoint, timeout)
+
+
+async def read_banner_via(reactor, endpoint, timeout: float = 2.0) -> bytes:
+    """The 12-byte RFB ProtocolVersion read through any IStreamClientEndpoint (a TCP
+    port, a Kubernetes Service, the API server's port-forward)."""
     factory = protocol.Factory.forProtocol(_Banner)
     factory.noisy = False
     proto = await endpoint.connect(factory)
