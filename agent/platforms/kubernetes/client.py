@@ -17,8 +17,16 @@ from urllib.parse import quote
 
 import treq
 from twisted.internet import defer, protocol
+from twisted.internet.error import ConnectError
 from twisted.logger import Logger
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import (
+    Agent,
+    HTTPConnectionPool,
+    RequestNotSent,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 
 from agent.platforms.kubernetes.cluster import ClusterAccess, ClusterTLSPolicy
@@ -174,10 +182,9 @@ class KubeClient:
     async def _request(self, method: str, path: str, body: Any,
                        params: dict[str, str] | None, content_type: str) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        response = await self.http.request(
-            method, self.access.url(path), params=params, data=data,
-            headers=self._headers(content_type if data is not None else None),
-            allow_redirects=False, unbuffered=True)
+        response = await self._send(
+            method, path, params=params, data=data,
+            headers=self._headers(content_type if data is not None else None))
         finished: defer.Deferred = defer.Deferred()
         reader = _Body(finished, None)
         response.deliverBody(reader)
@@ -193,6 +200,23 @@ class KubeClient:
         except ValueError:
             raise ApiError(response.code, "", "the API server answered with invalid "
                            "JSON") from None
+
+    async def _send(self, method: str, path: str, **kwargs):
+        """The response, or: CancelledError when cancelled (the caller's deadline), an
+        ApiError saying the API server cannot be reached."""
+        try:
+            return await self.http.request(method, self.access.url(path),
+                                           allow_redirects=False, unbuffered=True, **kwargs)
+        except (ResponseNeverReceived, ResponseFailed, RequestNotSent) as e:
+            reasons = getattr(e, "reasons", []) or []
+            if any(r.check(defer.CancelledError) for r in reasons):
+                raise defer.CancelledError() from None
+            why = "; ".join(r.getErrorMessage() for r in reasons) or type(e).__name__
+            raise ApiError(0, "Unavailable", f"the API server at {self.access.host}:"
+                           f"{self.access.port} did not answer {method} {path}: {why}") from None
+        except ConnectError as e:
+            raise ApiError(0, "Unavailable", f"cannot reach the API server at "
+                           f"{self.access.host}:{self.access.port}: {e}") from None
 
     def list(self, path: str, label_selector: str | None = None) -> defer.Deferred:
         params = {"labelSelector": label_selector} if label_selector else None
@@ -224,10 +248,8 @@ class KubeClient:
                   "timeoutSeconds": str(timeout_seconds), "allowWatchBookmarks": "true"}
         if label_selector:
             params["labelSelector"] = label_selector
-        opening = self.http.request("GET", self.access.url(path), params=params,
-                                    headers=self._headers(), allow_redirects=False,
-                                    unbuffered=True, timeout=self.request_timeout)
-        response = await opening
+        response = await self._send("GET", path, params=params, headers=self._headers(),
+                                    timeout=self.request_timeout)
         if response.code == 410:
             raise WatchGone(f"HTTP 410 for {path}")
         if response.code != 200:

@@ -104,6 +104,7 @@ class FakeKube:
         self.forwards: list = []
         self.requests: list[tuple[str, str, str, str, str | None, str | None]] = []
         self.bodies: list[tuple[str, str, dict[str, Any]]] = []
+        self.refusals: list[tuple[str, str, str, str, str | None, str | None]] = []
         self.quota: dict[str, Any] = {}
         self.deny: dict[tuple[str, str], tuple[int, str, str]] = {}
         self.pull_failures: dict[str, str] = {}
@@ -212,6 +213,7 @@ class FakeKube:
                   name: str | None, sub: str | None) -> None:
         what = res.plural + (f"/{sub}" if sub else "")
         if not _allowed(self.users.get(user, []), verb, res.group, what):
+            self.refusals.append((user, verb, res.group, what, namespace, name))
             raise status.forbidden(res, name, user, verb, namespace, sub)
 
     def record(self, user: str, verb: str, res: Resource, namespace: str | None,
@@ -334,10 +336,15 @@ class FakeKube:
 
     def delete(self, res: Resource, namespace: str, obj: dict[str, Any],
                options: dict[str, Any]) -> dict[str, Any]:
+        """Pods are deleted gracefully (the object, with deletionTimestamp, comes back);
+        the registries of Services, PVCs and Namespaces return the deleted object
+        (ReturnDeletedObject), the others a Success Status."""
         name = obj["metadata"]["name"]
         if res.kind == "Pod":
             return self.controllers.delete_pod(namespace, name) or obj
-        self.store.remove(res, namespace, name)
+        removed = self.store.remove(res, namespace, name)
+        if res.kind in ("Service", "PersistentVolumeClaim", "Namespace"):
+            return removed or obj
         return status.success(res, name, obj["metadata"]["uid"])
 
     def scale_of(self, dep: dict[str, Any]) -> dict[str, Any]:
