@@ -122,6 +122,9 @@ class KubernetesDriver(PlatformDriver):
         for r in self.reflectors:
             r.stop()
         d = self.client.close()
+        d.addTimeout(2.0, self.reactor)  # an API server that does not answer the close
+        d.addErrback(lambda f: log.warn("closing the API connections: {err}",
+                                        err=f.getErrorMessage()))
         d.addCallback(lambda _: [])
         return d
 

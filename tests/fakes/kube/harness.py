@@ -31,11 +31,13 @@ NAMESPACE = "streamspace"
 
 
 class XvncBackend:
-    """A real Xvnc standing in for the VNC server inside the session containers."""
+    """A real Xvnc (with an xterm drawing in it) standing in for the VNC server inside
+    the session containers."""
 
     def __init__(self, marker_dir: Path) -> None:
         self.marker_dir = marker_dir
         self.proc: subprocess.Popen | None = None
+        self.app: subprocess.Popen | None = None
         self.port = 0
         self._allocator = xvnc.DisplayAllocator(first=40)
 
@@ -44,23 +46,35 @@ class XvncBackend:
             display, self.port = self._allocator.allocate()
             env = {"PATH": xvnc.default_path(), "HOME": str(self.marker_dir),
                    "STREAMSPACE_AGENT_DIR": str(self.marker_dir)}
+            # Every connection here comes from 127.0.0.1 (probes, the driver's RFB checks,
+            # viewers), where a cluster has the node's and the agent's addresses: keep
+            # TigerVNC's per-host blacklist of unauthenticated connections out of the way.
+            argv = xvnc.xvnc_argv(display, self.port, "800x600", desktop="fake-pod")
+            argv += ["-BlacklistThreshold", "1000000"]
             self.proc = subprocess.Popen(  # noqa: S603 - test fixture, fixed argv
-                xvnc.xvnc_argv(display, self.port, "800x600", desktop="fake-pod"),
+                argv,
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
             try:
                 await xvnc.wait_for_rfb(reactor, "127.0.0.1", self.port, 10,
                                         gave_up=lambda: self.proc.poll() is not None)
-                return
             except xvnc.RfbNotReady:
                 self.stop()
+                continue
+            self.app = subprocess.Popen(  # noqa: S603 - test fixture, fixed argv
+                ["xterm", "-fa", "Monospace", "-fs", "14", "-geometry", "80x24+0+0", "-e",
+                 "sh", "-c", "echo 'a session pod on the fake cluster'; exec sleep 86400"],
+                env={**env, "DISPLAY": f":{display}"}, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, start_new_session=True)
+            return
         raise RuntimeError("the test Xvnc did not start")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self.proc = None
+        for proc in (self.app, self.proc):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        self.proc = self.app = None
 
 
 class KubeHarness:
@@ -113,8 +127,10 @@ class KubeHarness:
         return SessionTemplate.from_json(data)
 
     async def stop(self) -> None:
-        for driver in self.drivers:
-            await defer.maybeDeferred(driver.shutdown)
-        self.drivers.clear()
-        await self.fake.stop()
-        self.backend.stop()
+        try:
+            for driver in self.drivers:
+                await defer.maybeDeferred(driver.shutdown)
+            self.drivers.clear()
+            await self.fake.stop()
+        finally:
+            self.backend.stop()
