@@ -101,3 +101,20 @@ def test_a_template_without_a_vnc_port_is_refused():
     t = SessionTemplate.from_json({"name": "x", "platforms": {"kubernetes": {"image": "i"}}})
     with pytest.raises(DriverError, match="no valid VNC port"):
         session_spec(SID, t, USER)
+
+
+def test_every_catalog_template_runs_on_kubernetes():
+    """The shipped catalog: each kubernetes entry makes objects that validate strictly."""
+    import json
+    from pathlib import Path
+
+    catalog = json.loads((Path(__file__).resolve().parents[4] / "catalog" / "templates.json")
+                         .read_text())
+    entries = [t for t in catalog["templates"] if "kubernetes" in t.get("platforms", {})]
+    assert entries
+    for entry in entries:
+        spec = session_spec(SID, SessionTemplate.from_json(entry), USER)
+        for obj in (k8s.deployment(spec, "streamspace", "agent"),
+                    k8s.service(spec, "streamspace", "agent")):
+            kubernetes_validate.validate(obj, VERSIONS[-1], strict=True)
+        assert spec.vnc_port == entry["vnc_port"]
