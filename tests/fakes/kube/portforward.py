@@ -14,6 +14,7 @@ the pod" is the real Xvnc the test registered for the pod's image and port.
 from __future__ import annotations
 
 import base64
+import socket
 import struct
 from typing import TYPE_CHECKING
 
@@ -36,6 +37,7 @@ class _Pod(protocol.Protocol):
         self.ws = ws
 
     def connectionMade(self) -> None:
+        _small_buffers(self.transport, socket.SO_RCVBUF)
         self.ws.pod_connected(self)
 
     def dataReceived(self, data: bytes) -> None:
@@ -63,6 +65,7 @@ class PortForwardProtocol(WebSocketServerProtocol):
         return chosen
 
     def onOpen(self) -> None:
+        _small_buffers(self.transport, socket.SO_SNDBUF)
         header = struct.pack("<H", self.port)
         self.to_client(0, header)
         self.to_client(1, header)
@@ -120,6 +123,15 @@ class PortForwardProtocol(WebSocketServerProtocol):
             self.fake.forwards.remove(self)
         if self.pod is not None:
             self.pod.transport.loseConnection()
+
+
+def _small_buffers(transport, option: int) -> None:
+    """Fixed 64 KiB kernel buffers on a leg (below TLS if any): on loopback, autotuning
+    lets megabytes pile up in the kernel before backpressure shows."""
+    while transport is not None and not hasattr(transport, "socket"):
+        transport = getattr(transport, "transport", None)
+    if transport is not None:
+        transport.socket.setsockopt(socket.SOL_SOCKET, option, 65536)
 
 
 def factory(fake: FakeKube) -> WebSocketServerFactory:

@@ -14,6 +14,7 @@ from twisted.internet import defer, reactor
 from agent.platforms.base import Capacity, CapacityError, DriverError, UserRef
 from agent.platforms.kubernetes import names
 from agent.platforms.kubernetes import objects as k8s
+from agent.platforms.kubernetes.spec import session_spec
 from agent.platforms.xvnc import read_banner_via
 from tests.fakes.kube.harness import AGENT_USER, IMAGE, NAMESPACE
 from tests.support.polling import until
@@ -37,6 +38,11 @@ async def _started(harness, **options):
     await driver.start()
     driver.progress, driver.statuses = progress, statuses
     return driver
+
+
+def within(d: defer.Deferred, seconds: float = 20.0) -> defer.Deferred:
+    """A start that hangs fails the test after `seconds` instead of hanging the suite."""
+    return d.addTimeout(seconds, reactor)
 
 
 def _of(harness, plural: str, session_id: str) -> list[dict]:
@@ -148,7 +154,7 @@ async def test_persistent_home_is_created_first_shared_and_kept_unless_purged(ha
 async def _fails_within(driver, sid: str, template, match: str) -> str:
     started = reactor.seconds()
     with pytest.raises(DriverError) as caught:
-        await driver.start_session(sid, template, ALICE, "")
+        await within(driver.start_session(sid, template, ALICE, ""), FAILURE_WINDOW)
     assert reactor.seconds() - started < FAILURE_WINDOW
     assert match in str(caught.value), str(caught.value)
     return str(caught.value)
@@ -255,7 +261,7 @@ async def test_a_watch_410_mid_start_does_not_lose_the_start(harness):
     # the apiserver compacts and ends the open watches with an in-stream 410 Expired
     assert harness.fake.expire_watches("pods") >= 1
     harness.fake.expire_watches("deployments")
-    await d
+    await within(d)
     assert driver.pods.lists > lists_before  # it re-listed instead of resuming
     assert driver.list_sessions()[0].state == "running"
     # an HTTP 410 on the watch request itself also means re-list
@@ -277,7 +283,7 @@ async def test_a_silent_watch_is_restarted(harness):
     watches = driver.pods.watches
     harness.fake.silence("pods")  # the open pods watches now hang: no data, no end
     sid = _sid(50)
-    await driver.start_session(sid, harness.template(), ALICE, "")
+    await within(driver.start_session(sid, harness.template(), ALICE, ""))
     assert driver.pods.watches > watches
     await driver.stop_session(sid)
 
@@ -322,8 +328,6 @@ async def test_a_running_session_that_dies_is_reported_once_and_removed(harness)
 async def test_an_interrupted_start_is_adopted_and_orphans_are_collected(harness):
     driver = await _started(harness, agent_id="agent-orphans", orphan_grace=1.0)
     spec_template = harness.template()
-    from agent.platforms.kubernetes.spec import session_spec
-
     # a Service an interrupted start left behind: the next start adopts it (409 -> get)
     adopted = _sid(80)
     svc = k8s.service(session_spec(adopted, spec_template, ALICE), NAMESPACE,
@@ -340,3 +344,104 @@ async def test_an_interrupted_start_is_adopted_and_orphans_are_collected(harness
                 what="the orphaned Service to be removed")
     assert _of(harness, "services", adopted)  # a live session's Service is not touched
     await driver.stop_session(adopted)
+
+
+class _Flood:
+    """A server that writes as fast as its socket lets it (a streaming producer, as a VNC
+    server pushing frames), up to `limit` bytes per connection; `written` is what the
+    busiest connection managed to write (readiness probes open short ones too)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.per_connection: list[int] = []
+        self.factory = self._factory()
+
+    @property
+    def written(self) -> int:
+        return max(self.per_connection, default=0)
+
+    def _factory(self):
+        from twisted.internet import protocol
+        from twisted.internet.interfaces import IPushProducer
+        from zope.interface import implementer
+
+        flood = self
+
+        @implementer(IPushProducer)
+        class Writer(protocol.Protocol):
+            paused = False
+
+            def connectionMade(self):
+                import socket
+
+                # fixed, small kernel buffers: the bound is reached fast and stays put
+                self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+                self.index = len(flood.per_connection)
+                flood.per_connection.append(0)
+                self.transport.registerProducer(self, True)
+                self.resumeProducing()
+
+            def pauseProducing(self):
+                self.paused = True
+
+            def resumeProducing(self):
+                self.paused = False
+                chunk = b"x" * 65536
+                while not self.paused and flood.per_connection[self.index] < flood.limit:
+                    self.transport.write(chunk)
+                    flood.per_connection[self.index] += len(chunk)
+
+            def stopProducing(self):
+                self.paused = True
+
+        return protocol.Factory.forProtocol(Writer)
+
+
+@pytest_twisted.ensureDeferred
+async def test_port_forward_backpressure_keeps_buffers_bounded(harness):
+    """A viewer that stops reading: the port-forward transport stops reading its WebSocket,
+    the API server's side stops reading the pod, the pod's server stops writing. Without
+    that, all 64 MiB would be read into the agent's memory."""
+    from twisted.internet import protocol
+
+    from agent.platforms.kubernetes.portforward import PortForwardEndpoint
+    from tests.support.polling import settle
+
+    flood = _Flood(64 << 20)
+    listener = reactor.listenTCP(0, flood.factory, interface="127.0.0.1")
+    image = "registry.example.com/flood:1"
+    harness.fake.serve(image, 5901, "127.0.0.1", listener.getHost().port)
+    driver = await _started(harness, agent_id="agent-flood")
+    spec = session_spec(
+        _sid(90), harness.template(kubernetes={"image": image}), ALICE)
+    fake = harness.fake
+    fake.store.create(fake.DEPLOYMENTS, NAMESPACE, fake.defaults(
+        fake.DEPLOYMENTS, k8s.deployment(spec, NAMESPACE, "agent-flood")))
+    pod = await until(lambda: next((p for p in _of(harness, "pods", _sid(90))
+                                    if (p["status"].get("containerStatuses") or [{}])[0]
+                                    .get("ready")), None), what="the flood pod to be ready")
+    received = []
+
+    class Stalled(protocol.Protocol):
+        def connectionMade(self):
+            self.transport.pauseProducing()  # the viewer stops reading at once
+
+        def dataReceived(self, data):
+            received.append(len(data))
+
+    endpoint = PortForwardEndpoint(reactor, driver.access, NAMESPACE,
+                                   pod["metadata"]["name"], 5901)
+    proto = await endpoint.connect(protocol.Factory.forProtocol(Stalled))
+    try:
+        await until(lambda: flood.written > 0, what="the flood to start")
+        written = await settle(lambda: flood.written, quiet=0.5, timeout=20)
+        pending = sum(len(b) for b in proto.transport._pending)
+        assert written < 4 << 20, written  # socket buffers, not the whole flood
+        assert sum(received) == 0 and pending < 1 << 20, (sum(received), pending)
+        proto.transport.resumeProducing()  # and it flows again when the viewer reads
+        await until(lambda: sum(received) > written // 2, what="bytes to flow again")
+    finally:
+        proto.transport.abortConnection()
+        await listener.stopListening()
+        await driver.client.delete(
+            f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{spec.object_name}")
