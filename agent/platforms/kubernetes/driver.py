@@ -90,6 +90,7 @@ class KubernetesDriver(PlatformDriver):
         self.reflectors = [self.deployments, self.pods, self.services, self.events]
         self._pod_events: dict[str, dict[str, dict[str, Any]]] = {}
         self._active: dict[str, str] = {}  # session -> command in progress
+        self._reserving: dict[str, tuple[float, int]] = {}  # starts not yet in the cache
         self._progress_sent: dict[str, set[str]] = {}
         self._running_seen: set[str] = set()  # sessions we saw running (for died reports)
         self._waiters: dict[str, list[tuple[Callable[[], Any], defer.Deferred]]] = {}
@@ -224,12 +225,19 @@ class KubernetesDriver(PlatformDriver):
         return sorted(found, key=lambda s: s.session_id)
 
     def usage(self) -> Usage:
+        """What running and starting sessions reserve, including starts whose Deployment
+        the watch has not shown yet (two concurrent starts must not both fit)."""
         sessions, cpu, memory_mb = 0, 0.0, 0
+        counted = set()
         for dep in self.deployments.values():
             if podstatus.deleting(dep) or self._state(dep) == HIBERNATED:
                 continue
+            counted.add(k8s.session_of(dep))
             c, m = k8s.reserved(dep)
             sessions, cpu, memory_mb = sessions + 1, cpu + c, memory_mb + m
+        for session_id, (c, m) in self._reserving.items():
+            if session_id not in counted:
+                sessions, cpu, memory_mb = sessions + 1, cpu + c, memory_mb + m
         return Usage(sessions=sessions, cpu=cpu, memory_gb=memory_mb / 1024)
 
     def _ready_pod(self, session_id: str) -> dict[str, Any] | None:
@@ -297,6 +305,7 @@ class KubernetesDriver(PlatformDriver):
         else:
             check_capacity(self.capacity, self.usage(), template)
         self._begin(session_id, "waking" if waking else "starting")
+        self._reserving[session_id] = (spec.cpu, spec.memory_mb)
         try:
             if spec.persistent_home:
                 await self._create_claim(spec)
@@ -327,6 +336,7 @@ class KubernetesDriver(PlatformDriver):
 
     def _end(self, session_id: str, running: bool = False) -> None:
         self._active.pop(session_id, None)
+        self._reserving.pop(session_id, None)
         self._progress_sent.pop(session_id, None)
         if running:
             self._running_seen.add(session_id)

@@ -227,7 +227,10 @@ async def test_refusals_before_anything_is_created(harness):
     with pytest.raises(DriverError, match="platforms.kubernetes.image"):
         await driver.start_session(_sid(20), harness.template(
             platforms={"local": {"command": "xterm"}}), ALICE, "")
-    await driver.start_session(_sid(21), harness.template(), ALICE, "")
+    first = driver.start_session(_sid(21), harness.template(), ALICE, "")
+    with pytest.raises(CapacityError, match="MAX_SESSIONS"):  # the first is not in the
+        await driver.start_session(_sid(22), harness.template(), ALICE, "")  # cache yet
+    await within(first)
     with pytest.raises(CapacityError, match="MAX_SESSIONS"):
         await driver.start_session(_sid(22), harness.template(), ALICE, "")
     await driver.start_session(_sid(21), harness.template(), ALICE, "")  # redelivered: ok
