@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlparse
@@ -19,6 +20,15 @@ from streamspace_common.settings import (
 )
 
 PLATFORMS = tuple(DRIVERS)
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+
+
+def quantity(text: str) -> str:
+    value = str(text).strip()
+    if not _QUANTITY.match(value):
+        raise ValueError(f"{text!r} is not a Kubernetes quantity (examples: 5Gi, 500Mi)")
+    return value
+
 
 SETTINGS: list[Setting] = [
     Setting("agent-id", "AGENT_ID", None, "unique agent identifier (required)"),
@@ -34,6 +44,32 @@ SETTINGS: list[Setting] = [
             one_of(*PLATFORMS)),
     Setting("region", "REGION", "", "deployment region reported to the scheduler"),
     Setting("namespace", "NAMESPACE", "streamspace", "Kubernetes namespace for session pods"),
+    Setting("kube-config-source", "KUBE_CONFIG_SOURCE", "auto",
+            "kubernetes: in-cluster (service account), kubeconfig, or auto (in-cluster "
+            "inside a pod unless KUBECONFIG is set)", one_of("auto", "in-cluster", "kubeconfig")),
+    Setting("kubeconfig", "KUBECONFIG", "", "kubernetes: kubeconfig file (default "
+            "~/.kube/config)"),
+    Setting("kube-context", "KUBE_CONTEXT", "", "kubernetes: kubeconfig context (default: "
+            "its current context)"),
+    Setting("kube-service-account-dir", "KUBE_SERVICE_ACCOUNT_DIR",
+            "/var/run/secrets/kubernetes.io/serviceaccount",
+            "kubernetes: where the in-cluster token and ca.crt are mounted"),
+    Setting("kube-vnc-mode", "KUBE_VNC_MODE", "auto",
+            "kubernetes: reach session VNC through the Service (agent in the cluster), the "
+            "API server's port-forward (agent outside), or auto",
+            one_of("auto", "service", "port-forward")),
+    Setting("kube-storage-class", "KUBE_STORAGE_CLASS", "",
+            "kubernetes: storage class of persistent homes (default: the cluster's)"),
+    Setting("kube-home-size", "KUBE_HOME_SIZE", "5Gi",
+            "kubernetes: size of a persistent home (a Kubernetes quantity)", quantity),
+    Setting("kube-orphan-grace", "KUBE_ORPHAN_GRACE", "5m",
+            "kubernetes: how long objects no session explains are kept before removal",
+            positive_duration),
+    Setting("kube-watch-timeout", "KUBE_WATCH_TIMEOUT", "60s",
+            "kubernetes: server-side timeout of each watch (silence past it + 15 s restarts "
+            "the watch)", positive_duration),
+    Setting("kube-request-timeout", "KUBE_REQUEST_TIMEOUT", "30s",
+            "kubernetes: deadline of one API request", positive_duration),
     Setting("max-cpu", "MAX_CPU", "0", "max CPU cores for sessions (0 = unlimited)",
             non_negative_float),
     Setting("max-memory", "MAX_MEMORY", "0", "max memory in GB for sessions (0 = unlimited)",

@@ -14,6 +14,7 @@ from typing import Any
 DRIVERS: dict[str, str] = {
     "local": "agent.platforms.local",
     "docker": "agent.platforms.docker",
+    "kubernetes": "agent.platforms.kubernetes",
 }
 
 

@@ -68,6 +68,7 @@ class SessionTemplate:
     persistent_home: bool = False
     platforms: Mapping[str, Any] = field(default_factory=dict)
     display_name: str = ""
+    vnc_port: int = 0  # the port the template's image serves VNC on (0 = not given)
 
     @classmethod
     def from_json(cls, data: Any) -> SessionTemplate:
@@ -97,9 +98,13 @@ class SessionTemplate:
         platforms = data.get("platforms") or {}
         if not isinstance(platforms, Mapping):
             raise ValueError("template.platforms must be an object")
+        vnc_port = data.get("vnc_port") or 0
+        if (not isinstance(vnc_port, int) or isinstance(vnc_port, bool)
+                or not 0 <= vnc_port <= 65535):
+            raise ValueError("template.vnc_port must be a port number")
         return cls(name=name, cpu=cpu, memory_mb=memory_mb, env=clean_env,
                    persistent_home=bool(data.get("persistent_home")), platforms=platforms,
-                   display_name=str(data.get("display_name") or ""))
+                   display_name=str(data.get("display_name") or ""), vnc_port=vnc_port)
 
     def platform(self, name: str) -> Mapping[str, Any]:
         settings = self.platforms.get(name) or {}

@@ -156,6 +156,34 @@ class Stack:
         finally:
             client.close()
 
+    async def vnc_capture(self, session_id: str, path: Path) -> int:
+        """A real VNC client (vncdotool) captures a frame through the product's VNC path
+        (a WebSocket bridge plays noVNC's part); returns the frame's distinct colours."""
+        import urllib.request
+
+        from twisted.internet.utils import getProcessOutputAndValue
+
+        from tests.support.ws_tcp_bridge import Bridge
+        from tests.support.xvnc_sessions import VNCDO, distinct_colours
+
+        base, token, ws_base = self.base, self.token, self.ws_base
+
+        def fresh_url():  # in the bridge's thread: a new VNC token per connection
+            req = urllib.request.Request(f"{base}/api/v1/sessions/{session_id}/vnc-token",
+                                         method="POST",
+                                         headers={"Authorization": f"Bearer {token}"})
+            return ws_base + json.load(urllib.request.urlopen(req, timeout=10))["url"]
+
+        bridge = Bridge(fresh_url)
+        try:
+            out, err, code = await getProcessOutputAndValue(
+                VNCDO, ["-t", "20", "-s", f"127.0.0.1::{bridge.port}", "--delay", "300",
+                        "capture", str(path)], env=dict(os.environ), reactor=reactor)
+        finally:
+            bridge.close()
+        assert code == 0, (out, err, bridge.errors, bridge.close_reasons)
+        return distinct_colours(path)
+
     # -- agents ---------------------------------------------------------------------------
 
     async def provision_agent(self, agent_id: str, platform: str = "local") -> str:
@@ -167,8 +195,8 @@ class Stack:
     async def start_agent(self, agent_id: str = "agent-e2e", token: str | None = None,
                           extra_env: dict | None = None, wait_online: bool = True,
                           platform: str = "local") -> AgentProcess:
-        """A `twistd agent` process; `extra_env` overrides its environment (e.g. DOCKER_*
-        settings for `platform="docker"`)."""
+        """A real `twistd agent`; `extra_env` overrides its environment (PLATFORM,
+        DOCKER_* or KUBECONFIG settings, REGION...)."""
         token = token or await self.provision_agent(agent_id, platform)
         state = self.state_dir / f"agent-{agent_id}"
         state.mkdir(parents=True, exist_ok=True)
@@ -204,6 +232,23 @@ class Stack:
             except subprocess.TimeoutExpired:
                 agent.proc.kill()
                 agent.proc.wait()
+
+    async def stop_agent_async(self, agent: AgentProcess, sig: int = signal.SIGTERM,
+                               timeout: float = 30.0) -> int:
+        """Signal the agent and wait for it with the reactor running, so the control
+        plane in this process can answer its goodbye; returns its exit code."""
+        from tests.support.polling import until
+
+        if agent.proc.poll() is None:
+            agent.proc.send_signal(sig)
+        try:
+            await until(lambda: agent.proc.poll() is not None, timeout=timeout,
+                        interval=0.05, what=f"agent {agent.agent_id} to exit")
+        finally:
+            if agent.proc.poll() is None:
+                agent.proc.kill()
+                agent.proc.wait()
+        return agent.proc.returncode
 
     def xvnc_count(self, agent: AgentProcess, session_id: str) -> int:
         return len(xvnc_pids(agent, session_id))

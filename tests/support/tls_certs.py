@@ -1,4 +1,5 @@
-"""A throwaway CA and a server certificate for 127.0.0.1/localhost, for wss:// tests."""
+"""A throwaway CA, a server certificate for 127.0.0.1/localhost (wss:// tests, the fake
+Kubernetes API server) and client certificates signed by that CA."""
 
 from __future__ import annotations
 
@@ -41,9 +42,36 @@ def make_ca_and_server(directory: Path) -> tuple[Path, Path, Path]:
     paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
     paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[2].write_bytes(_key_pem(key))
+    (directory / "ca.key").write_bytes(_key_pem(ca_key))
+    (directory / "ca.key").chmod(0o600)
+    return paths
+
+
+def _key_pem(key) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def make_client_cert(directory: Path, common_name: str) -> tuple[Path, Path]:
+    """A client certificate (CN = `common_name`) signed by the CA that
+    `make_ca_and_server(directory)` wrote; returns (cert, key) paths."""
+    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(_name(common_name))
+            .issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]),
+                           critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = directory / f"client-{common_name}.pem", directory / f"client-{common_name}.key"
+    paths[0].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(_key_pem(key))
+    paths[1].chmod(0o600)
     return paths
 
 
