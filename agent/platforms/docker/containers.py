@@ -7,17 +7,15 @@ own error and the container's last output.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
 from agent.platforms.base import DriverError, VncEndpoint
-from agent.platforms.docker.spec import VNC_PORT, Placement
+from agent.platforms.docker.spec import HOST_PORTS, VNC_PORT, Placement, host_display
+from agent.platforms.xvnc import display_in_use
 
 LOOPBACK = "127.0.0.1"
-# Host networking: each session's Xvnc gets its own port from this range, below Linux's
-# ephemeral ports (so outgoing connections never take one while a session hibernates) and
-# above the 59xx the local platform's displays use.
-HOST_PORTS = range(15900, 16900)
 LOG_LINES = 20
 TAIL_CHARS = 600
 
@@ -71,18 +69,31 @@ def last_output(logs: str, chars: int = TAIL_CHARS) -> str:
 
 
 def port_free(port: int) -> bool:
-    """Nothing listens on 127.0.0.1:port (so a session's Xvnc can)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Nothing listens on the loopback port (so a session's Xvnc can: with `-localhost`
+    it binds both 127.0.0.1 and ::1)."""
+    for family, address in ((socket.AF_INET, LOOPBACK), (socket.AF_INET6, "::1")):
         try:
-            s.bind((LOOPBACK, port))
+            s = socket.socket(family, socket.SOCK_STREAM)
         except OSError:
-            return False
+            continue  # no IPv6 here
+        with s:
+            try:
+                s.bind((address, port))
+            except OSError as e:
+                if family == socket.AF_INET6 and e.errno == errno.EADDRNOTAVAIL:
+                    continue  # IPv6 without a loopback address
+                return False
     return True
+
+
+def host_slot_free(port: int) -> bool:
+    """Both the port and its display are free on the host (host networking)."""
+    return port_free(port) and not display_in_use(host_display(port))
 
 
 def allocate_host_port(taken: set[int], ports: range = HOST_PORTS) -> int:
     for port in ports:
-        if port not in taken and port_free(port):
+        if port not in taken and host_slot_free(port):
             return port
     raise DriverError(f"no free TCP port for the session's VNC server "
                       f"({ports.start}-{ports.stop - 1} are all in use)")

@@ -41,8 +41,8 @@ from agent.platforms.docker import spec as S
 from agent.platforms.docker.containers import (
     allocate_host_port,
     exit_reason,
+    host_slot_free,
     isolation_warning,
-    port_free,
     vnc_endpoint,
 )
 from agent.platforms.docker.engine import EngineClient, EngineError
@@ -354,7 +354,7 @@ class DockerDriver(PlatformDriver):
                 await self._speaks_rfb(sess, gave_up=lambda: sess.exited)
                 sess.state = RUNNING
             else:
-                if self.placement.host_network and not port_free(sess.vnc_port):
+                if self.placement.host_network and not host_slot_free(sess.vnc_port):
                     sess = await self._recreate(sess, template)
                 else:
                     await self.ops.rename(sess, S.container_name(session_id))

@@ -19,6 +19,23 @@ from typing import Any
 
 from agent.platforms.base import DriverError, SessionTemplate, UserRef
 
+# Host networking: each session's Xvnc gets its own port from this range, below Linux's
+# ephemeral ports (so outgoing connections never take one while a session hibernates) and
+# above the 59xx the local platform's displays use.
+HOST_PORTS = range(15900, 16900)
+# ...and its own X display: host networking shares the host's abstract socket namespace,
+# where an X client tries `@/tmp/.X11-unix/X<n>` before the container's own socket file, so
+# a fixed `:1` would reach whatever X server holds :1 on the host. Display
+# HOST_DISPLAYS.start + (port - HOST_PORTS.start), whose abstract socket the session's
+# Xvnc binds, reserving the number on the machine.
+HOST_DISPLAYS = range(1100, 1100 + len(HOST_PORTS))
+
+
+def host_display(port: int) -> int:
+    """The X display of the session whose Xvnc listens on host port `port`."""
+    return HOST_DISPLAYS.start + (port - HOST_PORTS.start)
+
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 SESSION = "streamspace.io/session"
 USER = "streamspace.io/user"
@@ -231,6 +248,7 @@ def container_body(*, spec: SessionSpec, placement: Placement, template: Session
     })
     if placement.host_network:
         env["VNC_LOCALHOST"] = "1"  # the host's loopback only: never a public address
+        env["VNC_DISPLAY"] = str(host_display(vnc_port))  # unique on the shared network
     host_config: dict[str, Any] = {
         "NetworkMode": placement.network,
         "Init": True,

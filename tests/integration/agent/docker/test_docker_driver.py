@@ -295,6 +295,33 @@ async def test_wake_on_a_port_taken_meanwhile_makes_a_new_container_on_the_same_
     assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_host_x_server_on_display_1_does_not_capture_the_sessions_clients(
+        docker, tmp_path):
+    """With host networking a container shares the host's abstract socket namespace, where
+    X clients look for `@/tmp/.X11-unix/X<n>` before the container's own socket file: an X
+    server holding :1 on the host (seen here: a benchmark's Xvnc) took every session's
+    xterm and left the desktops blank. Each session now has a display of its own."""
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        squatter.bind("\0/tmp/.X11-unix/X1")  # a silent "X server" on :1 (unless one is)
+        squatter.listen(16)
+    except OSError:
+        squatter.close()
+        squatter = None  # another X server holds :1 already: the same situation
+    driver = await docker.started()
+    try:
+        await driver.start_session("x1", docker.template(), ALICE, "")
+        port = driver.vnc_address("x1").port
+        env = (await inspect(docker, driver.container_id("x1")))["Config"]["Env"]
+        assert f"VNC_DISPLAY={S.host_display(port)}" in env
+        assert await screen_until_drawn(port, tmp_path / "x1.png") >= 30
+    finally:
+        await driver.stop_session("x1")
+        if squatter is not None:
+            squatter.close()
+
+
 def catalog_templates() -> list[dict]:
     data = json.loads((REPO / "catalog" / "templates.json").read_text())
     return [t for t in data["templates"] if "docker" in t["platforms"]]
