@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -33,6 +34,7 @@ log = Logger()
 MAX_FRAME = 64 * 1024  # what the agent sends: one frame per TCP read, split at 64 KiB
 MAX_INBOUND = 256 * 1024  # the largest binary message the control plane may send
 CLOSE_GRACE = 5.0
+OPEN = WebSocketProtocol.STATE_OPEN
 
 
 class TunnelError(Exception):
@@ -173,8 +175,8 @@ class Tunnel:
     # -- relay ---------------------------------------------------------------------------
 
     def from_vnc(self, data: bytes) -> None:
-        if self.ws is None or not self.ws_open or self._ws_down:
-            return
+        if self.ws is None or not self.ws_open or self._ws_down or self.ws.state != OPEN:
+            return  # closing: what the VNC server still sends has nowhere to go
         self.bytes_from_vnc += len(data)
         for start in range(0, len(data), MAX_FRAME):
             self.ws.sendMessage(data[start:start + MAX_FRAME], isBinary=True)

@@ -46,7 +46,13 @@ def fatal_exit(reactor, reason: str, code: int = 1) -> None:
 
 
 class ListeningService(service.Service):
-    """Listens on the HTTP port; a port already in use is a one-line fatal error."""
+    """Listens on the HTTP port; a port already in use is a one-line fatal error.
+
+    The accept queue is deep (Twisted's default is 50): a burst of viewers, each bringing
+    its agent's tunnel leg, must not overflow it into SYN retries and handshake timeouts.
+    """
+
+    BACKLOG = 1024
 
     name = "web"
 
@@ -58,7 +64,7 @@ class ListeningService(service.Service):
         super().privilegedStartService()
         try:
             self.listening = self.reactor.listenTCP(
-                self.port, self.factory, interface=self.interface)
+                self.port, self.factory, backlog=self.BACKLOG, interface=self.interface)
         except CannotListenError as e:
             raise SystemExit(f"streamspace: cannot listen on {self.interface}:{self.port}: "
                              f"{e.socketError.strerror if e.socketError else e}") from None
@@ -91,6 +97,7 @@ def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
     from streamspace.agents.service import build_fleet
+    from streamspace.api import vnc as vnc_api
     from streamspace.api.app import build_api
     from streamspace.api.catalog import catalog_hook, load_catalog
     from streamspace.context import AppContext
@@ -150,9 +157,12 @@ def makeService(options) -> service.IService:
     fleet.lifecycle.idle_timeout = options["session_idle_timeout"]
     ctx.extras["lifecycle"] = fleet.lifecycle
     ctx.extras["agent_hub"] = fleet.hub
-    proxy = VncProxy(reactor, database.db, fleet.hub, ctx.jwt_secret, ctx.public_url,
-                     options["vnc_proxy_timeout"])
+    proxy = VncProxy(reactor, database.db, fleet.hub, ctx.jwt_secret,
+                     options["vnc_proxy_timeout"],
+                     max_viewers_per_session=options["max_viewers_per_session"],
+                     max_viewers_per_user=options["max_viewers_per_user"])
     fleet.service.proxy = proxy
+    ctx.extras[vnc_api.EXTRA] = proxy
 
     if options["local_agent"]:
         if not is_dev(options):
@@ -165,9 +175,10 @@ def makeService(options) -> service.IService:
     api_resource, api_map = build_api(ctx)
     web_root = ControlPlaneWeb(
         database, api=api_resource,
-        websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
-                    "agent_tunnel": proxy.tunnel_endpoint()},
-        session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle),
+        websockets={**fleet.websockets(),
+                    "vnc": vnc_api.viewer_endpoint(proxy, ctx.public_url, ctx.trusted_proxies),
+                    "agent_tunnel": vnc_api.tunnel_endpoint(proxy)},
+        session_routes=SessionRoutes(ctx, fleet.lifecycle),
         static=build_static_resource())
     site = make_site(web_root, api_map)
     web = ListeningService(reactor, options["port"], site, options["interface"])

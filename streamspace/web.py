@@ -96,12 +96,6 @@ class ControlPlaneWeb:
     def vnc(self, request, session_id):
         return self._websocket("vnc", request, session_id=session_id)
 
-    @app.route(API_PREFIX + "/sessions/<session_id>/vnc-token", methods=["POST"])
-    def vnc_token(self, request, session_id):
-        if self.session_routes is None:
-            return error_body(request, 404, "not_found", "this endpoint is not available")
-        return self.session_routes.vnc_token(request, session_id)
-
     @app.route(API_PREFIX + "/sessions/<session_id>/events", methods=["GET"])
     def session_events(self, request, session_id):
         if self.session_routes is None:

@@ -11,7 +11,17 @@ from typing import Any
 from klein import Klein
 from twisted.logger import Logger
 
-from streamspace.api import agents, audit, auth_routes, errors, openapi, sessions, templates, users
+from streamspace.api import (
+    agents,
+    audit,
+    auth_routes,
+    errors,
+    openapi,
+    sessions,
+    templates,
+    users,
+    vnc,
+)
 from streamspace.api import auth as api_auth
 from streamspace.auth.ratelimit import LoginRateLimiter
 from streamspace.context import AppContext
@@ -21,8 +31,8 @@ from streamspace.web import json_body
 log = Logger()
 
 # (method, path relative to /api/v1, handler, endpoint name). openapi.py documents each.
-# (GET /sessions/<id>/events, the SSE progress stream, and POST /sessions/<id>/vnc-token
-# are served by streamspace.sessions.routes on the root; documented here too.)
+# (GET /sessions/<id>/events, the SSE progress stream, is served by
+# streamspace.sessions.routes on the root; documented here too.)
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/auth/login", auth_routes.login, "auth.login"),
     ("POST", "/auth/refresh", auth_routes.refresh, "auth.refresh"),
@@ -44,6 +54,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("GET", "/sessions/<session_id>", sessions.get_session, "sessions.get"),
     ("PATCH", "/sessions/<session_id>", sessions.update_session, "sessions.update"),
     ("DELETE", "/sessions/<session_id>", sessions.delete_session, "sessions.delete"),
+    ("POST", "/sessions/<session_id>/vnc-token", vnc.issue_vnc_token, "sessions.vnc_token"),
     ("POST", "/agents/register", agents.register_agent, "agents.register"),
     ("GET", "/agents", agents.list_agents, "agents.list"),
     ("POST", "/agents", agents.create_agent, "agents.create"),

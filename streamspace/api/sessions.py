@@ -195,6 +195,7 @@ async def delete_session(api, request, session_id):
 
     before, target = await api.ctx.db.transaction(work)
     if target is not None:
+        await api.notify("vnc_proxy", "end_for_session", session_id, "the session was deleted")
         await api.notify_lifecycle("state_requested", session_id, target)
     if before == states.TERMINATED:
         return api.no_content(request)

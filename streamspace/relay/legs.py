@@ -1,7 +1,9 @@
-"""The two WebSocket legs of a tunnel. Framing only: pairing and policy live elsewhere.
+"""The two WebSocket legs of a tunnel. Framing only: pairing, policy and HTTP live elsewhere.
 
 Both legs accept binary frames only, with compression off and message size capped; the
-browser leg accepts noVNC with or without the `binary` subprotocol.
+viewer leg accepts noVNC with or without the `binary` subprotocol. A leg tells its `owner`
+(the tunnel's pairing) when it opens and when it goes, and hands every message to its
+`link` once the pairing has linked it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from streamspace.relay.link import MAX_MESSAGE
 log = Logger()
 
 CLOSE_UNSUPPORTED = 1003
+CLOSE_POLICY = 1008
 
 
 class Leg(WebSocketServerProtocol):
+    owner = None  # told leg_opened(leg) / leg_gone(leg, reason)
     link = None
     _closing = False
 
@@ -26,18 +30,32 @@ class Leg(WebSocketServerProtocol):
             return "binary"
         return None
 
+    def onOpen(self) -> None:
+        self.transport.pauseProducing()  # not a byte is read until the legs are linked
+        self.owner = self.factory.owner
+        self.owner.leg_opened(self)
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if not isBinary:
             self.close_leg(CLOSE_UNSUPPORTED, "binary frames only")
             return
-        if self.link is not None:
-            self.link.forward(self, payload)
-        else:
-            self.before_pairing(payload)
+        link = self.link
+        if link is not None:
+            link.forward(self, payload)
+        else:  # we are not reading before the link, so a peer that manages it is broken
+            self.close_leg(CLOSE_POLICY, "data before the tunnel was ready")
 
-    def before_pairing(self, payload: bytes) -> None:
-        """Bytes before pairing cannot happen (we are not reading); drop the peer if so."""
-        self.close_leg(1008, "data before the tunnel was ready")
+    def send(self, payload: bytes) -> None:
+        self.sendMessage(payload, isBinary=True)
+
+    def held(self) -> int:
+        """Bytes Autobahn holds for this leg: unparsed input, the frame and message being
+        assembled."""
+        total = len(self.data or b"") if hasattr(self, "data") else 0
+        for chunks in (getattr(self, "frame_data", None), getattr(self, "message_data", None)):
+            if chunks:
+                total += sum(len(c) for c in chunks)
+        return total
 
     def close_leg(self, code: int, reason: str) -> None:
         if self._closing:
@@ -51,24 +69,21 @@ class Leg(WebSocketServerProtocol):
 
     def onClose(self, wasClean: bool, code: int, reason: str | None) -> None:
         self._closing = True
-        text = reason or f"closed ({code})"
-        if self.link is not None:
-            self.link.leg_closed(self, text)
-        self.leg_gone(text)
-
-    def leg_gone(self, reason: str) -> None:
-        """Hook for the owner (e.g. cancel a pending tunnel)."""
+        if self.owner is not None:
+            self.owner.leg_gone(self, reason or f"closed ({code})")
 
 
 class LegFactory(WebSocketServerFactory):
-    def __init__(self, protocol_class, **attrs) -> None:
+    """One factory per leg: `owner` is who hears about the leg (its pairing, or whoever
+    refuses it)."""
+
+    def __init__(self, owner) -> None:
         super().__init__()
-        self.protocol = protocol_class
-        for k, v in attrs.items():
-            setattr(self, k, v)
+        self.protocol = Leg
+        self.owner = owner
         self.setProtocolOptions(
             maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE,
             autoFragmentSize=0, autoPingInterval=0, openHandshakeTimeout=10,
-            closeHandshakeTimeout=3, failByDrop=True,
+            closeHandshakeTimeout=3, failByDrop=True, tcpNoDelay=True,
             perMessageCompressionAccept=lambda offers: None,
         )

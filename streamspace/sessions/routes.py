@@ -1,7 +1,7 @@
-"""Session endpoints that belong to the lifecycle and the VNC path rather than to CRUD:
-`POST /api/v1/sessions/{id}/vnc-token` and `GET /api/v1/sessions/{id}/events` (SSE).
+"""Session endpoints that belong to the lifecycle rather than to CRUD:
+`GET /api/v1/sessions/{id}/events` (SSE). (The VNC token route is streamspace.api.vnc.)
 
-Both apply the API's rules: a Bearer login token on every request, another user's session
+It applies the API's rules: a Bearer login token on every request, another user's session
 answers 404, errors in the one JSON shape.
 """
 
@@ -43,28 +43,9 @@ def _error(request, failure: Failure) -> bytes:
 
 
 class SessionRoutes:
-    def __init__(self, ctx, proxy, lifecycle) -> None:
+    def __init__(self, ctx, lifecycle) -> None:
         self.ctx = ctx
-        self.proxy = proxy
         self.lifecycle = lifecycle
-
-    async def vnc_token(self, request, session_id: str):
-        try:
-            principal, session = await _owned_session(self.ctx, request, session_id)
-            if session["state"] != states.RUNNING:
-                raise errors.conflict("session_not_running",
-                                      f"the session is {session['state']}, not running")
-        except Exception:
-            return _error(request, Failure())
-        token, expires = self.proxy.issue_token(principal.user_id, str(session["id"]))
-        request.setResponseCode(200)
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Cache-Control", b"no-store")
-        return json.dumps({
-            "token": token,
-            "expires_at": datetime.fromtimestamp(expires, UTC).isoformat(),
-            "url": f"/api/v1/vnc/{session['id']}?token={token}",
-        }).encode()
 
     async def events(self, request, session_id: str):
         """Server-Sent Events: every progress event, then live ones, ending at a settled

@@ -141,6 +141,7 @@ MATRIX: dict[str, tuple[Path, Callable[[], Any], dict[str, int | None]]] = {
     "sessions.get": (a_session, body(), OWNER),
     "sessions.update": (a_session, body({"state": "hibernated"}), OWNER),
     "sessions.delete": (a_session, body(), OWNER),
+    "sessions.vnc_token": (lambda w: _suffix(a_session(w), "/vnc-token"), body(), OWNER),
     "agents.list": (static("/api/v1/agents"), body(), ADMIN_ONLY),
     "agents.create": (static("/api/v1/agents"),
                       body(lambda: {"agent_id": fresh("new-agent-"), "platform": "local"}),
