@@ -1,17 +1,18 @@
 """VNC tunnels: one TCP connection to a session's VNC server relayed over one WebSocket.
 
-For `vnc_connect` the agent connects TCP to the VNC endpoint (without reading from it yet),
-opens `WS <control plane>/api/v1/agent/tunnel/<tunnel_id>` with `Authorization: Bearer
-<secret>`, and once that is open relays bytes both ways: each TCP read becomes one binary
-frame of at most 64 KiB, each binary frame is written to TCP as is.
+For `vnc_connect` the agent connects to the VNC endpoint its driver gives (without reading
+from it yet), opens `WS <control plane>/api/v1/agent/tunnel/<tunnel_id>` with
+`Authorization: Bearer <secret>`, and once that is open relays bytes both ways: each read
+from the VNC server (at most 256 KiB) becomes one binary frame, and the payload of each
+binary frame is written to the VNC server as it arrives (streamspace_common.wsframes:
+frames are masked natively and never assembled).
 
 Backpressure: each leg's transport is registered as a streaming producer on the other, so
 when the WebSocket cannot send, the agent stops reading the VNC socket, and when the VNC
 server does not read, the agent stops reading the WebSocket. What the agent then holds per
-tunnel is bounded whatever the peers do: towards the control plane, one write buffer
-(paused past Twisted's 64 KiB threshold) plus one 64 KiB read; towards the VNC server, one
-write buffer plus one message being assembled, each at most 256 KiB: under 1 MiB in all,
-and in practice (VNC clients send small messages) under 512 KiB.
+tunnel is bounded whatever the peers do: per direction, one write buffer (paused past its
+256 KiB high-water mark) plus the read that crossed it, and under one read of unparsed
+WebSocket input: AGENT_BUFFER_BOUND.
 """
 
 from __future__ import annotations
@@ -23,16 +24,23 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer, protocol
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from agent.endpoints import ControlPlaneAddress
+from streamspace_common.wsframes import StreamingData, write_now
 
 log = Logger()
 
-MAX_FRAME = 64 * 1024  # what the agent sends: one frame per TCP read, split at 64 KiB
+MAX_FRAME = 256 * 1024  # what the agent sends: one frame per read of the VNC socket
 MAX_INBOUND = 256 * 1024  # the largest binary message the control plane may send
+# Both transports read at most this much at a time and pause the other leg past this much
+# buffered (Twisted's `bufferSize` is both; its default is 64 KiB).
+READ_SIZE = WRITE_HIGH_WATER = MAX_FRAME
+SEND_LIMIT = 2 * MAX_FRAME
+AGENT_BUFFER_BOUND = 2 * (READ_SIZE + WRITE_HIGH_WATER + READ_SIZE) + 64
 CLOSE_GRACE = 5.0
 OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -69,6 +77,7 @@ class _VncLeg(protocol.Protocol):
     def connectionMade(self) -> None:
         # Not a byte is read until the WebSocket leg is open and the legs are paired.
         self.transport.pauseProducing()
+        _size_buffers(self.transport)
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
         self.tunnel.vnc = self
@@ -80,17 +89,17 @@ class _VncLeg(protocol.Protocol):
         self.tunnel.vnc_lost(reason.getErrorMessage())
 
 
-class _WsLeg(WebSocketClientProtocol):
+class _WsLeg(StreamingData, WebSocketClientProtocol):
     tunnel: Tunnel
 
     def onOpen(self) -> None:
         self.tunnel.ws_opened(self)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if not isBinary:
-            self.sendClose(1003, "tunnels carry binary frames only")
-            return
-        self.tunnel.from_ws(payload)
+    def text_refused(self) -> None:
+        self.sendClose(1003, "tunnels carry binary frames only")
+
+    def data_received(self, chunk: bytes) -> None:
+        self.tunnel.from_ws(chunk)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.tunnel.ws_closed(code, reason or "")
@@ -178,14 +187,17 @@ class Tunnel:
         if self.ws is None or not self.ws_open or self._ws_down or self.ws.state != OPEN:
             return  # closing: what the VNC server still sends has nowhere to go
         self.bytes_from_vnc += len(data)
+        if len(data) <= MAX_FRAME:
+            self.ws.send_data(data)
+            return
         for start in range(0, len(data), MAX_FRAME):
-            self.ws.sendMessage(data[start:start + MAX_FRAME], isBinary=True)
+            self.ws.send_data(data[start:start + MAX_FRAME])
 
     def from_ws(self, data: bytes) -> None:
         if self.vnc is None or self._vnc_down:
             return
         self.bytes_to_vnc += len(data)
-        self.vnc.transport.write(data)
+        write_now(self.vnc.transport, data)
 
     def ws_opened(self, leg: _WsLeg) -> None:
         """Pair the legs (synchronously, before any relayed frame is processed)."""
@@ -194,6 +206,7 @@ class Tunnel:
             self._close_ws("the VNC server closed the connection")
             return
         vnc_transport, ws_transport = self.vnc.transport, leg.transport
+        _size_buffers(ws_transport)
         ws_transport.registerProducer(_Throttle(vnc_transport), True)
         vnc_transport.registerProducer(_Throttle(ws_transport), True)
         vnc_transport.resumeProducing()
@@ -272,6 +285,17 @@ class Tunnel:
         if self.ws is not None:
             total += len(getattr(self.ws, "data", b"") or b"")
         return total
+
+
+def _size_buffers(transport) -> None:
+    """Read and buffer in 256 KiB steps (a TLS transport sizes the TCP one beneath it)."""
+    seen = 0
+    while transport is not None and seen < 4:
+        if isinstance(transport, FileDescriptor):
+            transport.bufferSize, transport.SEND_LIMIT = READ_SIZE, SEND_LIMIT
+            return
+        transport = getattr(transport, "transport", None)
+        seen += 1
 
 
 def _pending_writes(transport) -> int:

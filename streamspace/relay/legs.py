@@ -2,8 +2,9 @@
 
 Both legs accept binary frames only, with compression off and message size capped; the
 viewer leg accepts noVNC with or without the `binary` subprotocol. A leg tells its `owner`
-(the tunnel's pairing) when it opens and when it goes, and hands every message to its
-`link` once the pairing has linked it.
+(the tunnel's pairing) when it opens and when it goes, and hands the bytes of every frame to
+its `link` once the pairing has linked it, as they arrive (streamspace_common.wsframes:
+nothing is assembled, frames are unmasked natively).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 
 from streamspace.relay.link import MAX_MESSAGE
+from streamspace_common.wsframes import StreamingData
 
 log = Logger()
 
@@ -19,7 +21,7 @@ CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 
 
-class Leg(WebSocketServerProtocol):
+class Leg(StreamingData, WebSocketServerProtocol):
     owner = None  # told leg_opened(leg) / leg_gone(leg, reason)
     link = None
     _closing = False
@@ -35,27 +37,22 @@ class Leg(WebSocketServerProtocol):
         self.owner = self.factory.owner
         self.owner.leg_opened(self)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if not isBinary:
-            self.close_leg(CLOSE_UNSUPPORTED, "binary frames only")
-            return
+    def text_refused(self) -> None:
+        self.close_leg(CLOSE_UNSUPPORTED, "binary frames only")
+
+    RELAYS_FRAMES = True  # what one leg receives leaves by the other as server frames
+
+    def frame_received(self, frame: bytearray, start: int) -> None:
         link = self.link
         if link is not None:
-            link.forward(self, payload)
-        else:  # we are not reading before the link, so a peer that manages it is broken
+            link.forward(self, frame, start)
+        elif not self._closing:  # we do not read before the link: such a peer is broken
             self.close_leg(CLOSE_POLICY, "data before the tunnel was ready")
 
-    def send(self, payload: bytes) -> None:
-        self.sendMessage(payload, isBinary=True)
-
     def held(self) -> int:
-        """Bytes Autobahn holds for this leg: unparsed input, the frame and message being
-        assembled."""
-        total = len(self.data or b"") if hasattr(self, "data") else 0
-        for chunks in (getattr(self, "frame_data", None), getattr(self, "message_data", None)):
-            if chunks:
-                total += sum(len(c) for c in chunks)
-        return total
+        """Bytes Autobahn holds for this leg: input not parsed yet (frames are not
+        assembled, see StreamingData)."""
+        return len(getattr(self, "data", b"") or b"")
 
     def close_leg(self, code: int, reason: str) -> None:
         if self._closing:

@@ -1,8 +1,10 @@
 """Linking two relay ends into one byte-for-byte relay with backpressure (the flow).
 
-An end is anything with a `transport` (a Twisted TCP transport), `send(bytes)`, `held()`
-(bytes it holds in user space) and a `link` attribute: today the viewer's and the agent's
-WebSocket legs, later a leg spliced from another replica.
+An end is anything with a `transport` (a Twisted TCP transport), `send_frame(frame)`,
+`held()` (bytes it holds in user space) and a `link` attribute: today the viewer's and the
+agent's WebSocket legs, later a leg spliced from another replica. What one end receives is
+handed over already framed for the other (each chunk as it arrives, as one binary frame),
+so the link forwards without copying or assembling.
 
 Each end's transport is registered as a streaming producer on the other's: when a reader
 stops reading, its transport's write buffer fills past its high-water mark, the transport
@@ -17,20 +19,22 @@ from typing import Protocol
 
 from streamspace.relay.rfb import MAX_HELD as PARSER_HELD
 
-# The largest message either end may deliver (WebSocket messages are capped at this).
+# The largest message either end may send (WebSocket messages are capped at this).
 MAX_MESSAGE = 256 * 1024
-# A transport pauses its producer once its write buffer passes this (Twisted's
-# FileDescriptor.bufferSize); one socket read is at most this much too.
-WRITE_HIGH_WATER = 64 * 1024
-READ_SIZE = 64 * 1024
+# Each linked transport reads at most READ_SIZE bytes at a time and pauses its producer
+# (the other end's socket) once its write buffer passes WRITE_HIGH_WATER: Twisted's
+# `bufferSize` is both. Larger than Twisted's 64 KiB default, so a MiB costs four reads,
+# frames and writes per hop instead of sixteen.
+READ_SIZE = WRITE_HIGH_WATER = 256 * 1024
+SEND_LIMIT = 512 * 1024  # bytes handed to one send() (Twisted's default is 128 KiB)
 
 # What one tunnel may hold in the control plane's memory, per direction: the receiving
-# end's message being assembled (at most MAX_MESSAGE, plus a frame header), and the
-# sending end's write buffer: its high-water mark, plus one whole message completed by the
-# read that crossed it, plus what the rest of that read completed before the pause took
-# effect. And the activity parser's header.
-FRAME_HEADERS = 64
-PER_DIRECTION = MAX_MESSAGE + FRAME_HEADERS + WRITE_HIGH_WATER + MAX_MESSAGE + READ_SIZE
+# end's unparsed input (at most one read; frames are relayed as they arrive, never
+# assembled), and the sending end's write buffer: its high-water mark plus what the read
+# that crossed it still turned into frames before the pause took effect. And the activity
+# parser's header.
+FRAME_HEADERS = 4 * 14
+PER_DIRECTION = READ_SIZE + WRITE_HIGH_WATER + READ_SIZE + FRAME_HEADERS
 BUFFER_BOUND = 2 * PER_DIRECTION + PARSER_HELD
 
 
@@ -38,7 +42,7 @@ class End(Protocol):
     transport: object
     link: Link | None
 
-    def send(self, payload: bytes) -> None: ...
+    def send_frame(self, frame: bytes | bytearray) -> bool: ...
 
     def held(self) -> int: ...
 
@@ -89,6 +93,8 @@ class Link:
         vt, tt = self.viewer.transport, self.tunnel.transport
         _detach_http_producer(vt)
         _detach_http_producer(tt)
+        for t in (vt, tt):
+            t.bufferSize, t.SEND_LIMIT = READ_SIZE, SEND_LIMIT
         vt.registerProducer(tt, True)
         tt.registerProducer(vt, True)
         self.viewer.link = self
@@ -97,20 +103,21 @@ class Link:
         vt.resumeProducing()
         tt.resumeProducing()
 
-    def forward(self, source: End, payload: bytes) -> None:
+    def forward(self, source: End, frame: bytearray, start: int) -> None:
+        """`source` received the bytes `frame[start:]`, already framed for the other end."""
         if not self.running:
             return
         self.last_traffic = self.clock.seconds()
         if source is self.viewer:
-            self.bytes_to_session += len(payload)
-            self.tunnel.send(payload)
+            self.bytes_to_session += len(frame) - start
+            self.tunnel.send_frame(frame)
             if self.inspector is not None:
-                inputs = self.inspector.feed(payload)
+                inputs = self.inspector.feed(memoryview(frame)[start:])
                 if inputs and self.on_input is not None:
                     self.on_input(inputs)
         else:
-            self.bytes_to_viewer += len(payload)
-            self.viewer.send(payload)
+            self.bytes_to_viewer += len(frame) - start
+            self.viewer.send_frame(frame)
         buffered = self.buffered()
         if buffered > self.max_buffered:
             self.max_buffered = buffered
