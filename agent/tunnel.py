@@ -3,16 +3,19 @@
 For `vnc_connect` the agent connects to the VNC endpoint its driver gives (without reading
 from it yet), opens `WS <control plane>/api/v1/agent/tunnel/<tunnel_id>` with
 `Authorization: Bearer <secret>`, and once that is open relays bytes both ways: each read
-from the VNC server (at most 256 KiB) becomes one binary frame, and the payload of each
-binary frame is written to the VNC server as it arrives (streamspace_common.wsframes:
-frames are masked natively and never assembled).
+from the VNC server (at most 1 MiB: one frame per MiB costs the control plane fewer copies
+at frame boundaries) becomes one binary frame, and the payload of each binary frame is
+written to the VNC server as it arrives (streamspace_common.wsframes: frames are masked
+natively and never assembled; every leg has TCP_NODELAY).
 
 Backpressure: each leg's transport is registered as a streaming producer on the other, so
 when the WebSocket cannot send, the agent stops reading the VNC socket, and when the VNC
 server does not read, the agent stops reading the WebSocket. What the agent then holds per
-tunnel is bounded whatever the peers do: per direction, one write buffer (paused past its
-256 KiB high-water mark) plus the read that crossed it, and under one read of unparsed
-WebSocket input: AGENT_BUFFER_BOUND.
+tunnel is bounded whatever the peers do (AGENT_BUFFER_BOUND): towards the control plane, a
+write buffer paused past 256 KiB plus the 1 MiB frame that crossed it; towards the VNC
+server, a write buffer paused past 1 MiB (Twisted's `bufferSize` is both a transport's read
+size and its high-water mark) plus the 256 KiB read that crossed it; and under one read of
+unparsed WebSocket input.
 """
 
 from __future__ import annotations
@@ -30,17 +33,19 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from agent.endpoints import ControlPlaneAddress
-from streamspace_common.wsframes import StreamingData, write_now
+from streamspace_common.memory import tune_malloc_for_relaying
+from streamspace_common.wsframes import StreamingData, no_delay, write_now
 
 log = Logger()
 
-MAX_FRAME = 256 * 1024  # what the agent sends: one frame per read of the VNC socket
+MAX_FRAME = 1024 * 1024  # what the agent sends: one frame per read of the VNC socket
 MAX_INBOUND = 256 * 1024  # the largest binary message the control plane may send
-# Both transports read at most this much at a time and pause the other leg past this much
-# buffered (Twisted's `bufferSize` is both; its default is 64 KiB).
-READ_SIZE = WRITE_HIGH_WATER = MAX_FRAME
-SEND_LIMIT = 2 * MAX_FRAME
-AGENT_BUFFER_BOUND = 2 * (READ_SIZE + WRITE_HIGH_WATER + READ_SIZE) + 64
+# Read size and write high-water mark of each transport (Twisted's `bufferSize` is both;
+# its default is 64 KiB): the WebSocket's, and the VNC server's socket's.
+WS_BUFFER = 256 * 1024
+VNC_BUFFER = MAX_FRAME
+SEND_LIMIT = 2 * MAX_FRAME  # bytes handed to one send() (Twisted's default is 128 KiB)
+AGENT_BUFFER_BOUND = (WS_BUFFER + MAX_FRAME) + (VNC_BUFFER + WS_BUFFER) + WS_BUFFER + 64
 CLOSE_GRACE = 5.0
 OPEN = WebSocketProtocol.STATE_OPEN
 
@@ -77,9 +82,8 @@ class _VncLeg(protocol.Protocol):
     def connectionMade(self) -> None:
         # Not a byte is read until the WebSocket leg is open and the legs are paired.
         self.transport.pauseProducing()
-        _size_buffers(self.transport)
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        _size_buffers(self.transport, VNC_BUFFER)
+        no_delay(self.transport)
         self.tunnel.vnc = self
 
     def dataReceived(self, data: bytes) -> None:
@@ -93,6 +97,7 @@ class _WsLeg(StreamingData, WebSocketClientProtocol):
     tunnel: Tunnel
 
     def onOpen(self) -> None:
+        no_delay(self.transport)
         self.tunnel.ws_opened(self)
 
     def text_refused(self) -> None:
@@ -206,7 +211,7 @@ class Tunnel:
             self._close_ws("the VNC server closed the connection")
             return
         vnc_transport, ws_transport = self.vnc.transport, leg.transport
-        _size_buffers(ws_transport)
+        _size_buffers(ws_transport, WS_BUFFER)
         ws_transport.registerProducer(_Throttle(vnc_transport), True)
         vnc_transport.registerProducer(_Throttle(ws_transport), True)
         vnc_transport.resumeProducing()
@@ -287,12 +292,12 @@ class Tunnel:
         return total
 
 
-def _size_buffers(transport) -> None:
-    """Read and buffer in 256 KiB steps (a TLS transport sizes the TCP one beneath it)."""
+def _size_buffers(transport, size: int) -> None:
+    """Read and buffer in `size` steps (a TLS transport sizes the TCP one beneath it)."""
     seen = 0
     while transport is not None and seen < 4:
         if isinstance(transport, FileDescriptor):
-            transport.bufferSize, transport.SEND_LIMIT = READ_SIZE, SEND_LIMIT
+            transport.bufferSize, transport.SEND_LIMIT = size, SEND_LIMIT
             return
         transport = getattr(transport, "transport", None)
         seen += 1
@@ -321,6 +326,7 @@ class TunnelManager:
         self.open_timeout = open_timeout
         self.max_tunnels = max_tunnels
         self.tunnels: dict[str, Tunnel] = {}
+        tune_malloc_for_relaying()  # large reads and frames reuse heap, not fresh mmaps
 
     def open(self, tunnel_id: str, secret: str, endpoint: IStreamClientEndpoint,
              session_id: str = "") -> defer.Deferred:

@@ -56,14 +56,25 @@ def server_frame(payload: bytes, unmasker: Unmasker | None = None) -> tuple[byte
     return frame, start
 
 
-def client_frame(payload: bytes) -> bytes:
+def client_frame(payload: bytes) -> bytearray:
     """A whole masked binary frame, masked with a fresh random key."""
     key = os.urandom(4)
     frame = bytearray(header(len(payload), key))
     start = len(frame)
     frame += payload
     Unmasker(key).process_into(frame, start)
-    return bytes(frame)
+    return frame
+
+
+def no_delay(transport) -> None:
+    """TCP_NODELAY on a WebSocket's socket. Autobahn's Twisted adapter tries to set it in
+    connectionMade before it has copied the `tcpNoDelay` option from its factory, fails with
+    an AttributeError it swallows, and leaves Nagle on: each relayed write would then wait
+    for the previous one's ACK (up to a 40 ms delayed ACK on Linux)."""
+    try:
+        transport.setTcpNoDelay(True)
+    except (AttributeError, OSError):  # not TCP (a Unix socket)
+        pass
 
 
 def write_now(transport, data: bytes | bytearray) -> None:

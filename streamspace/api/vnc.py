@@ -22,7 +22,7 @@ from streamspace.api.errors import conflict, not_found
 from streamspace.auth.bearer import parse_bearer
 from streamspace.db import sessions as session_rows
 from streamspace.relay.access import CLOSE_DENIED, Refusal, issue_token
-from streamspace.relay.legs import LegFactory
+from streamspace.relay.legs import MAX_TUNNEL_FRAME, LegFactory
 from streamspace.sessions import states
 from streamspace.web import error_body
 
@@ -93,7 +93,7 @@ def tunnel_endpoint(proxy):
             log.warn("tunnel {tunnel_id} refused: unknown tunnel or wrong secret",
                      tunnel_id=tunnel_id[:64])
             return error_body(request, 403, "forbidden", "unknown tunnel or wrong secret")
-        return WebSocketResource(LegFactory(pairing))
+        return WebSocketResource(LegFactory(pairing, max_message=MAX_TUNNEL_FRAME))
 
     return endpoint
 

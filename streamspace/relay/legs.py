@@ -13,12 +13,15 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.logger import Logger
 
 from streamspace.relay.link import MAX_MESSAGE
-from streamspace_common.wsframes import StreamingData
+from streamspace_common.wsframes import StreamingData, no_delay
 
 log = Logger()
 
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
+# The agent sends frames of up to 1 MiB (one per read of the VNC socket); they stream
+# through without being assembled, so their size costs no memory here.
+MAX_TUNNEL_FRAME = 1024 * 1024
 
 
 class Leg(StreamingData, WebSocketServerProtocol):
@@ -34,6 +37,7 @@ class Leg(StreamingData, WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         self.transport.pauseProducing()  # not a byte is read until the legs are linked
+        no_delay(self.transport)
         self.owner = self.factory.owner
         self.owner.leg_opened(self)
 
@@ -74,12 +78,12 @@ class LegFactory(WebSocketServerFactory):
     """One factory per leg: `owner` is who hears about the leg (its pairing, or whoever
     refuses it)."""
 
-    def __init__(self, owner) -> None:
+    def __init__(self, owner, max_message: int = MAX_MESSAGE) -> None:
         super().__init__()
         self.protocol = Leg
         self.owner = owner
         self.setProtocolOptions(
-            maxFramePayloadSize=MAX_MESSAGE, maxMessagePayloadSize=MAX_MESSAGE,
+            maxFramePayloadSize=max_message, maxMessagePayloadSize=max_message,
             autoFragmentSize=0, autoPingInterval=0, openHandshakeTimeout=10,
             closeHandshakeTimeout=3, failByDrop=True, tcpNoDelay=True,
             perMessageCompressionAccept=lambda offers: None,

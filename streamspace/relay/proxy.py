@@ -32,6 +32,7 @@ from streamspace.relay.limits import ViewerLimits
 from streamspace.relay.link import Link
 from streamspace.relay.pairing import TunnelPairing
 from streamspace.relay.rfb import ClientStreamParser
+from streamspace_common.memory import tune_malloc_for_relaying
 
 log = Logger()
 
@@ -64,6 +65,7 @@ class VncProxy:
         self._last_token_purge = 0.0
         self._sweeper = task.LoopingCall(lambda: defer.Deferred.fromCoroutine(self._sweep()))
         self._sweeper.clock = reactor
+        tune_malloc_for_relaying()  # large reads and frames reuse heap, not fresh mmaps
 
     @property
     def links(self) -> set[Link]:
