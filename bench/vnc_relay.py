@@ -50,12 +50,15 @@ class Client(WebSocketClientProtocol):
     def onClose(self, wasClean, code, reason):
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(f"{code} {reason}"))
+        if not self.factory.closed.called:
+            self.factory.closed.callback((code, reason))
 
 
 async def open_ws(url: str, on_data):
     factory = WebSocketClientFactory(url, protocols=["binary"])
     factory.protocol = Client
     factory.opened = defer.Deferred()
+    factory.closed = defer.Deferred()
     factory.on_data = on_data
     factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0,
                                autoFragmentSize=0, tcpNoDelay=True, openHandshakeTimeout=30)

@@ -21,6 +21,7 @@ import shutil
 import socket
 import struct
 import time
+from pathlib import Path
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import defer, protocol, reactor
@@ -237,7 +238,7 @@ def start_xvnc(h: Harness) -> int:
     return port
 
 
-async def run(h: Harness, xvnc_port: int, ws_port: int, product, frames: int,
+async def run(h: Harness, xvnc_port: int, ws_port: int, products: list, frames: int,
               reps: int) -> dict:
     mib = frames * FRAME_BYTES / (1024 * 1024)
 
@@ -247,12 +248,13 @@ async def run(h: Harness, xvnc_port: int, ws_port: int, product, frames: int,
     async def websockify():
         return await over_ws(f"ws://127.0.0.1:{ws_port}/", frames)
 
-    async def ours():
+    async def ours(product):
         return await over_ws(await vnc_url(product), frames)
 
     paths = {"direct_tcp": (tcp, None),
-             "websockify": (websockify, CpuMeter({"websockify": h.pid("websockify")})),
-             "streamspace": (ours, CpuMeter(product.pids()))}
+             "websockify": (websockify, CpuMeter({"websockify": h.pid("websockify")}))}
+    for product in products:
+        paths[product.name] = (lambda p=product: ours(p), CpuMeter(product.pids()))
     samples = {name: {"fps": [], "mib_s": [], "cpu": []} for name in paths}
     for _ in range(reps):
         for name, (measure, cpu) in paths.items():
@@ -270,11 +272,12 @@ async def run(h: Harness, xvnc_port: int, ws_port: int, product, frames: int,
         if s["cpu"]:
             results[name]["cpu_ms_per_mib"] = {
                 k: median([c[k] for c in s["cpu"]]) for k in s["cpu"][0]}
-    ref = results["websockify"]["mib_s"]
-    results["ratio_streamspace_over_websockify"] = round(
-        results["streamspace"]["mib_s"] / ref, 2)
-    results["ratio_streamspace_over_direct_tcp"] = round(
-        results["streamspace"]["mib_s"] / results["direct_tcp"]["mib_s"], 2)
+    for product in products:
+        ours_r = results[product.name]
+        ours_r["ratio_over_websockify"] = round(
+            ours_r["mib_s"] / results["websockify"]["mib_s"], 2)
+        ours_r["ratio_over_direct_tcp"] = round(
+            ours_r["mib_s"] / results["direct_tcp"]["mib_s"], 2)
     results["config"] = {"geometry": f"{WIDTH}x{HEIGHT}", "bytes_per_frame": FRAME_BYTES,
                          "frames_per_sample": frames, "reps": reps,
                          "cpus": os.cpu_count(),
@@ -288,15 +291,19 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--short", action="store_true", help="a quick run (make bench)")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout to measure in the same run, as `baseline`")
     args = parser.parse_args()
     if args.short:
         args.frames, args.reps = 5, 2
     h = Harness()
     try:
         xvnc_port = start_xvnc(h)
-        product = h.start_product(xvnc_port)
+        products = [h.start_product(xvnc_port)]
+        if args.baseline is not None:
+            products.append(h.start_product(xvnc_port, "baseline", args.baseline.resolve()))
         ws_port = h.start_websockify(xvnc_port)
-        run_and_print(lambda: run(h, xvnc_port, ws_port, product, args.frames, args.reps))
+        run_and_print(lambda: run(h, xvnc_port, ws_port, products, args.frames, args.reps))
     finally:
         h.close()
 
