@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
 
-.PHONY: run test setup setup-test lint clean
+.PHONY: run test setup setup-test lint clean bench
 
 setup:
 	@scripts/setup.sh run
@@ -20,6 +20,12 @@ run: setup
 test: setup-test
 	@$(VENV)/bin/ruff check .
 	@$(PY) -m pytest $(PYTEST_ARGS)
+
+## make bench: run the benchmarks in a short mode (each prints JSON; docs/benchmarks.md)
+bench: setup-test
+	@$(PY) -m bench.vnc_relay --short
+	@$(PY) -m bench.vnc_xvnc --short
+	@$(PY) -m bench.vnc_soak --short
 
 lint: setup-test
 	@$(VENV)/bin/ruff check .

@@ -1,17 +1,21 @@
 """VNC tunnels: one TCP connection to a session's VNC server relayed over one WebSocket.
 
-For `vnc_connect` the agent connects TCP to the VNC endpoint (without reading from it yet),
-opens `WS <control plane>/api/v1/agent/tunnel/<tunnel_id>` with `Authorization: Bearer
-<secret>`, and once that is open relays bytes both ways: each TCP read becomes one binary
-frame of at most 64 KiB, each binary frame is written to TCP as is.
+For `vnc_connect` the agent connects to the VNC endpoint its driver gives (without reading
+from it yet), opens `WS <control plane>/api/v1/agent/tunnel/<tunnel_id>` with
+`Authorization: Bearer <secret>`, and once that is open relays bytes both ways: each read
+from the VNC server (at most 1 MiB: one frame per MiB costs the control plane fewer copies
+at frame boundaries) becomes one binary frame, and the payload of each binary frame is
+written to the VNC server as it arrives (streamspace_common.wsframes: frames are masked
+natively and never assembled; every leg has TCP_NODELAY).
 
 Backpressure: each leg's transport is registered as a streaming producer on the other, so
 when the WebSocket cannot send, the agent stops reading the VNC socket, and when the VNC
 server does not read, the agent stops reading the WebSocket. What the agent then holds per
-tunnel is bounded whatever the peers do: towards the control plane, one write buffer
-(paused past Twisted's 64 KiB threshold) plus one 64 KiB read; towards the VNC server, one
-write buffer plus one message being assembled, each at most 256 KiB: under 1 MiB in all,
-and in practice (VNC clients send small messages) under 512 KiB.
+tunnel is bounded whatever the peers do (AGENT_BUFFER_BOUND): towards the control plane, a
+write buffer paused past 256 KiB plus the 1 MiB frame that crossed it; towards the VNC
+server, a write buffer paused past 1 MiB (Twisted's `bufferSize` is both a transport's read
+size and its high-water mark) plus the 256 KiB read that crossed it; and under one read of
+unparsed WebSocket input.
 """
 
 from __future__ import annotations
@@ -21,18 +25,29 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from twisted.internet import defer, protocol
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.interfaces import IPushProducer, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from agent.endpoints import ControlPlaneAddress
+from streamspace_common.memory import tune_malloc_for_relaying
+from streamspace_common.wsframes import StreamingData, no_delay, write_now
 
 log = Logger()
 
-MAX_FRAME = 64 * 1024  # what the agent sends: one frame per TCP read, split at 64 KiB
+MAX_FRAME = 1024 * 1024  # what the agent sends: one frame per read of the VNC socket
 MAX_INBOUND = 256 * 1024  # the largest binary message the control plane may send
+# Read size and write high-water mark of each transport (Twisted's `bufferSize` is both;
+# its default is 64 KiB): the WebSocket's, and the VNC server's socket's.
+WS_BUFFER = 256 * 1024
+VNC_BUFFER = MAX_FRAME
+SEND_LIMIT = 2 * MAX_FRAME  # bytes handed to one send() (Twisted's default is 128 KiB)
+AGENT_BUFFER_BOUND = (WS_BUFFER + MAX_FRAME) + (VNC_BUFFER + WS_BUFFER) + WS_BUFFER + 64
 CLOSE_GRACE = 5.0
+OPEN = WebSocketProtocol.STATE_OPEN
 
 
 class TunnelError(Exception):
@@ -67,8 +82,8 @@ class _VncLeg(protocol.Protocol):
     def connectionMade(self) -> None:
         # Not a byte is read until the WebSocket leg is open and the legs are paired.
         self.transport.pauseProducing()
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
+        _size_buffers(self.transport, VNC_BUFFER)
+        no_delay(self.transport)
         self.tunnel.vnc = self
 
     def dataReceived(self, data: bytes) -> None:
@@ -78,17 +93,18 @@ class _VncLeg(protocol.Protocol):
         self.tunnel.vnc_lost(reason.getErrorMessage())
 
 
-class _WsLeg(WebSocketClientProtocol):
+class _WsLeg(StreamingData, WebSocketClientProtocol):
     tunnel: Tunnel
 
     def onOpen(self) -> None:
+        no_delay(self.transport)
         self.tunnel.ws_opened(self)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if not isBinary:
-            self.sendClose(1003, "tunnels carry binary frames only")
-            return
-        self.tunnel.from_ws(payload)
+    def text_refused(self) -> None:
+        self.sendClose(1003, "tunnels carry binary frames only")
+
+    def data_received(self, chunk: bytes) -> None:
+        self.tunnel.from_ws(chunk)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.tunnel.ws_closed(code, reason or "")
@@ -173,17 +189,20 @@ class Tunnel:
     # -- relay ---------------------------------------------------------------------------
 
     def from_vnc(self, data: bytes) -> None:
-        if self.ws is None or not self.ws_open or self._ws_down:
-            return
+        if self.ws is None or not self.ws_open or self._ws_down or self.ws.state != OPEN:
+            return  # closing: what the VNC server still sends has nowhere to go
         self.bytes_from_vnc += len(data)
+        if len(data) <= MAX_FRAME:
+            self.ws.send_data(data)
+            return
         for start in range(0, len(data), MAX_FRAME):
-            self.ws.sendMessage(data[start:start + MAX_FRAME], isBinary=True)
+            self.ws.send_data(data[start:start + MAX_FRAME])
 
     def from_ws(self, data: bytes) -> None:
         if self.vnc is None or self._vnc_down:
             return
         self.bytes_to_vnc += len(data)
-        self.vnc.transport.write(data)
+        write_now(self.vnc.transport, data)
 
     def ws_opened(self, leg: _WsLeg) -> None:
         """Pair the legs (synchronously, before any relayed frame is processed)."""
@@ -192,6 +211,7 @@ class Tunnel:
             self._close_ws("the VNC server closed the connection")
             return
         vnc_transport, ws_transport = self.vnc.transport, leg.transport
+        _size_buffers(ws_transport, WS_BUFFER)
         ws_transport.registerProducer(_Throttle(vnc_transport), True)
         vnc_transport.registerProducer(_Throttle(ws_transport), True)
         vnc_transport.resumeProducing()
@@ -272,6 +292,17 @@ class Tunnel:
         return total
 
 
+def _size_buffers(transport, size: int) -> None:
+    """Read and buffer in `size` steps (a TLS transport sizes the TCP one beneath it)."""
+    seen = 0
+    while transport is not None and seen < 4:
+        if isinstance(transport, FileDescriptor):
+            transport.bufferSize, transport.SEND_LIMIT = size, SEND_LIMIT
+            return
+        transport = getattr(transport, "transport", None)
+        seen += 1
+
+
 def _pending_writes(transport) -> int:
     total = 0
     seen = 0
@@ -295,6 +326,7 @@ class TunnelManager:
         self.open_timeout = open_timeout
         self.max_tunnels = max_tunnels
         self.tunnels: dict[str, Tunnel] = {}
+        tune_malloc_for_relaying()  # large reads and frames reuse heap, not fresh mmaps
 
     def open(self, tunnel_id: str, secret: str, endpoint: IStreamClientEndpoint,
              session_id: str = "") -> defer.Deferred:

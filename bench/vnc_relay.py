@@ -1,130 +1,47 @@
-"""Benchmark: the full VNC path against websockify, same TCP target, same run.
+"""Benchmark: the full VNC path against websockify, same TCP target, same run, interleaved.
 
   viewer (autobahn client) --WS--> control plane --WS--> agent --TCP--> target
   viewer (autobahn client) --WS--> websockify ---------------------TCP--> target
 
-Measures upload and download throughput with 64 KiB messages and the round-trip latency of
-100-byte messages (p50/p99), then prints one JSON document with both and their ratios.
-Run: .venv/bin/python bench/vnc_relay.py [--mib 64] [--rounds 2000]
+Each repetition measures, for each path in turn, upload and download throughput (64 KiB
+messages) and the round trip of 100-byte messages; the JSON gives the median of the
+repetitions, every sample, the ratios of the medians, and the CPU seconds each of our
+processes spent per MiB moved. The machine is shared: run it interleaved, read medians.
+
+Run: .venv/bin/python -m bench.vnc_relay [--mib 64] [--rounds 2000] [--reps 5] [--short]
+     [--profile DIR]  (py-spy on the control plane and agent during one long download)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
-import signal
-import socket
-import statistics
-import subprocess
-import sys
-import tempfile
+import random
 import time
-import urllib.request
 from pathlib import Path
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import defer, reactor
+from twisted.internet.interfaces import IPushProducer
+from zope.interface import implementer
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from bench.harness import (
+    Harness,
+    Product,
+    median,
+    process_usage,
+    profile_summary,
+    run_and_print,
+    vnc_url,
+)
+from streamspace_common.wsframes import no_delay
+
 MSG = 64 * 1024
-ADMIN_PASSWORD = "bench-admin-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(check, timeout=60.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)  # harness set-up polling, before the reactor runs
-    raise SystemExit(f"bench: timed out waiting for {what}")
-
-
-def api(base, method, path, body=None, token=None):
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(base + path, method=method, headers=headers,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.load(r)
-
-
-class Harness:
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix="streamspace-bench-"))
-        os.chmod(self.tmp, 0o755)
-
-    def spawn(self, argv, env=None, name="proc") -> subprocess.Popen:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115
-        proc = subprocess.Popen(argv, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
-                                stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
-        self.procs.append(proc)
-        return proc
-
-    def close(self) -> None:
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in reversed(self.procs):
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def setup(self) -> dict:
-        target = free_port()
-        self.spawn([sys.executable, str(REPO / "bench" / "tcp_target.py"), str(target)],
-                   name="target")
-        cp = free_port()
-        base = f"http://127.0.0.1:{cp}"
-        self.spawn([str(BIN / "twistd"), "--nodaemon", "--pidfile=", "streamspace", "--port",
-                    str(cp), "--interface", "127.0.0.1"],
-                   env={"STREAMSPACE_STATE_DIR": str(self.tmp / "cp"),
-                        "ADMIN_PASSWORD": ADMIN_PASSWORD, "LOG_LEVEL": "warn"},
-                   name="control-plane")
-        wait_until(lambda: urllib.request.urlopen(base + "/ready", timeout=2).status == 200,
-                   what="the control plane")
-        token = api(base, "POST", "/api/v1/auth/login",
-                    {"username": "admin", "password": ADMIN_PASSWORD})["token"]
-        agent_token = api(base, "POST", "/api/v1/agents",
-                          {"agent_id": "bench", "platform": "local"}, token)["token"]
-        self.spawn([sys.executable, str(REPO / "bench" / "bench_agent.py"), base, "bench",
-                    agent_token, str(target), str(self.tmp / "agent")], name="agent")
-        wait_until(lambda: api(base, "GET", "/api/v1/agents/bench", token=token)["status"]
-                   == "online", what="the agent")
-        session = api(base, "POST", "/api/v1/sessions", {"template": "terminal"}, token)
-        wait_until(lambda: api(base, "GET", f"/api/v1/sessions/{session['id']}",
-                               token=token)["state"] == "running", what="the session")
-        wsp = free_port()
-        self.spawn([str(BIN / "websockify"), f"127.0.0.1:{wsp}", f"127.0.0.1:{target}"],
-                   name="websockify")
-        wait_until(lambda: socket.create_connection(("127.0.0.1", wsp), timeout=1).close()
-                   is None, what="websockify")
-
-        def streamspace_url():
-            body = api(base, "POST", f"/api/v1/sessions/{session['id']}/vnc-token", token=token)
-            return f"ws://127.0.0.1:{cp}" + body["url"]
-
-        return {"streamspace": streamspace_url,
-                "websockify": lambda: f"ws://127.0.0.1:{wsp}/"}
 
 
 class Client(WebSocketClientProtocol):
     def onOpen(self):
+        no_delay(self.transport)  # as a browser does (Autobahn's own option never takes)
         self.factory.opened.callback(self)
 
     def onMessage(self, payload, isBinary):
@@ -133,15 +50,18 @@ class Client(WebSocketClientProtocol):
     def onClose(self, wasClean, code, reason):
         if not self.factory.opened.called:
             self.factory.opened.errback(ConnectionError(f"{code} {reason}"))
+        if not self.factory.closed.called:
+            self.factory.closed.callback((code, reason))
 
 
 async def open_ws(url: str, on_data):
     factory = WebSocketClientFactory(url, protocols=["binary"])
     factory.protocol = Client
     factory.opened = defer.Deferred()
+    factory.closed = defer.Deferred()
     factory.on_data = on_data
     factory.setProtocolOptions(maxFramePayloadSize=0, maxMessagePayloadSize=0,
-                               autoFragmentSize=0)
+                               autoFragmentSize=0, tcpNoDelay=True, openHandshakeTimeout=30)
     connectWS(factory)
     return await factory.opened
 
@@ -151,7 +71,6 @@ async def measure_latency(url: str, rounds: int) -> dict:
     pending = bytearray()
 
     def on_data(data):
-        nonlocal got
         pending.extend(data)
         if len(pending) >= 100 and not got.called:
             got.callback(None)
@@ -169,8 +88,37 @@ async def measure_latency(url: str, rounds: int) -> dict:
         del pending[:100]
     ws.sendClose()
     samples.sort()
-    return {"p50_ms": round(statistics.median(samples), 3),
-            "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 3), "rounds": rounds}
+    return {"p50_ms": round(samples[len(samples) // 2], 3),
+            "p99_ms": round(samples[int(len(samples) * 0.99) - 1], 3)}
+
+
+@implementer(IPushProducer)
+class _Pump:
+    """Sends `total` bytes as MSG-sized messages as fast as the socket takes them."""
+
+    def __init__(self, ws, total: int) -> None:
+        self.ws, self.left, self.paused = ws, total, False
+        self.chunk = b"u" * MSG
+        ws.transport.registerProducer(self, True)
+        reactor.callLater(0, self._run)
+
+    def _run(self):
+        while not self.paused and self.left > 0:
+            self.ws.sendMessage(self.chunk, isBinary=True)
+            self.left -= MSG
+        if self.left <= 0:
+            self.ws.transport.unregisterProducer()
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        if self.paused:
+            self.paused = False
+            reactor.callLater(0, self._run)
+
+    def stopProducing(self):
+        self.left = 0
 
 
 async def measure_upload(url: str, total: int) -> float:
@@ -178,24 +126,11 @@ async def measure_upload(url: str, total: int) -> float:
     ws = await open_ws(url, lambda data: done.called or done.callback(None))
     start = time.perf_counter()
     ws.sendMessage(b"U" + total.to_bytes(8, "big"), isBinary=True)
-    chunk = b"u" * MSG
-    sent = 0
-    while sent < total:
-        ws.sendMessage(chunk, isBinary=True)
-        sent += MSG
-        if ws.transport and len(getattr(ws.transport, "dataBuffer", b"")) > 4 * MSG:
-            await _drain(ws.transport)
+    _Pump(ws, total)
     await done
     elapsed = time.perf_counter() - start
     ws.sendClose()
     return total / elapsed / (1024 * 1024)
-
-
-async def _drain(transport) -> None:
-    while len(getattr(transport, "dataBuffer", b"")) > MSG:
-        d = defer.Deferred()
-        reactor.callLater(0.0005, d.callback, None)
-        await d
 
 
 async def measure_download(url: str, total: int) -> float:
@@ -217,49 +152,145 @@ async def measure_download(url: str, total: int) -> float:
     return total / elapsed / (1024 * 1024)
 
 
-async def run(urls: dict, mib: int, rounds: int) -> dict:
+class CpuMeter:
+    """CPU seconds spent by some processes between start() and per_mib(), per MiB moved."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def _now(self) -> dict[str, float]:
+        # this process spawned the others: count only its own threads
+        return {n: process_usage(p, children=p != os.getpid())["cpu_seconds"]
+                for n, p in self.pids.items()}
+
+    def start(self) -> None:
+        self.before = self._now()
+
+    def per_mib(self, mib: float) -> dict[str, float]:
+        now = self._now()
+        return {n: round(1000 * (now[n] - self.before[n]) / mib, 3) for n in self.pids}
+
+
+KEYS = ("upload", "download", "p50", "p99", "upload_cpu_ms_per_mib", "download_cpu_ms_per_mib")
+
+
+async def sample_path(url, cpu: CpuMeter, total: int, rounds: int, into: dict) -> None:
+    mib = total / (1024 * 1024)
+    for direction, measure in (("upload", measure_upload), ("download", measure_download)):
+        target = await url()
+        cpu.start()
+        into[direction].append(await measure(target, total))
+        into[f"{direction}_cpu_ms_per_mib"].append(cpu.per_mib(mib))
+    latency = await measure_latency(await url(), rounds)
+    into["p50"].append(latency["p50_ms"])
+    into["p99"].append(latency["p99_ms"])
+
+
+def summarise(samples: dict) -> dict:
+    return {"upload_mib_s": median(samples["upload"]),
+            "download_mib_s": median(samples["download"]),
+            "latency_p50_ms": median(samples["p50"]), "latency_p99_ms": median(samples["p99"]),
+            "upload_cpu_ms_per_mib": _median_each(samples["upload_cpu_ms_per_mib"]),
+            "download_cpu_ms_per_mib": _median_each(samples["download_cpu_ms_per_mib"]),
+            "samples": {k: samples[k] if "cpu" in k else [round(v, 3) for v in samples[k]]
+                        for k in KEYS}}
+
+
+def compare(ours: dict, ref: dict) -> dict:
+    return {"ratio_over_websockify": {
+                "upload": round(ours["upload_mib_s"] / ref["upload_mib_s"], 2),
+                "download": round(ours["download_mib_s"] / ref["download_mib_s"], 2),
+                "latency_p50": round(ours["latency_p50_ms"] / ref["latency_p50_ms"], 2),
+                "latency_p99": round(ours["latency_p99_ms"] / ref["latency_p99_ms"], 2)},
+            "added_latency_ms": {
+                "p50": round(ours["latency_p50_ms"] - ref["latency_p50_ms"], 3),
+                "p99": round(ours["latency_p99_ms"] - ref["latency_p99_ms"], 3)}}
+
+
+async def run(products: list[Product], ws_port: int, mib: int, rounds: int, reps: int,
+              profile: Path | None, h: Harness) -> dict:
     total = mib * 1024 * 1024
-    results = {}
-    for name, url in urls.items():
-        up = [await measure_upload(url(), total) for _ in range(2)]
-        down = [await measure_download(url(), total) for _ in range(2)]
-        latency = await measure_latency(url(), rounds)
-        results[name] = {"upload_mib_s": round(max(up), 1), "download_mib_s": round(max(down), 1),
-                         "latency": latency}
-    s, w = results["streamspace"], results["websockify"]
-    results["ratio_streamspace_over_websockify"] = {
-        "upload": round(s["upload_mib_s"] / w["upload_mib_s"], 2),
-        "download": round(s["download_mib_s"] / w["download_mib_s"], 2),
-        "latency_p50": round(s["latency"]["p50_ms"] / w["latency"]["p50_ms"], 2),
-        "latency_p99": round(s["latency"]["p99_ms"] / w["latency"]["p99_ms"], 2),
-    }
-    results["config"] = {"message_bytes": MSG, "mib_per_direction": mib, "cpus": os.cpu_count(),
+
+    async def reference():
+        return f"ws://127.0.0.1:{ws_port}/"
+
+    # the viewer (this process) and the target cost the same on every path: shown for scale
+    common = {"viewer": os.getpid(), "target": h.pid("target")}
+    paths = {"websockify": (reference, CpuMeter({"websockify": h.pid("websockify"),
+                                                 **common}))}
+    for product in products:
+        paths[product.name] = (lambda p=product: vnc_url(p),
+                               CpuMeter({**product.pids(), **common}))
+    samples = {name: {k: [] for k in KEYS} for name in paths}
+    order = list(paths)
+    shuffle = random.Random(1)
+    for _ in range(reps):  # interleaved: every path once per repetition, in a new order
+        shuffle.shuffle(order)
+        for name in order:
+            url, cpu = paths[name]
+            await sample_path(url, cpu, total, rounds, samples[name])
+    results: dict = {name: summarise(s) for name, s in samples.items()}
+    for product in products:
+        results[product.name].update(compare(results[product.name], results["websockify"]))
+    if profile is not None:
+        ours = products[0]
+        seconds = 8
+        spies = h.start_profiles(ours, profile, seconds)
+        deadline = time.monotonic() + seconds + 1
+        while time.monotonic() < deadline:
+            await measure_download(await vnc_url(ours), total)
+        for spy in spies:
+            while spy.poll() is None:
+                await _later(0.2)
+        results["profile_download_self_time"] = {
+            name: profile_summary(profile / f"{name}.txt") for name in ours.pids()}
+    results["config"] = {"message_bytes": MSG, "mib_per_direction": mib, "reps": reps,
+                         "latency_rounds": rounds, "cpus": os.cpu_count(),
+                         "load_average": [round(x, 2) for x in os.getloadavg()],
                          "path_streamspace": "client -> control plane -> agent -> target",
                          "path_websockify": "client -> websockify -> target"}
     return results
+
+
+def _median_each(dicts: list[dict[str, float]]) -> dict[str, float]:
+    return {k: median([d[k] for d in dicts]) for k in dicts[0]} if dicts else {}
+
+
+def _later(seconds: float) -> defer.Deferred:
+    d = defer.Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mib", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2000)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--short", action="store_true", help="a quick run (make bench)")
+    parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. a git worktree of an older commit) to "
+                             "measure in the same run, as `baseline`")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                        help="more checkouts to measure in the same run")
     args = parser.parse_args()
-    harness = Harness()
+    if args.short:
+        args.mib, args.rounds, args.reps = 16, 500, 2
+    h = Harness()
     try:
-        urls = harness.setup()
-        outcome = {}
-
-        async def go():
-            try:
-                outcome["result"] = await run(urls, args.mib, args.rounds)
-            finally:
-                reactor.stop()
-
-        reactor.callWhenRunning(lambda: defer.Deferred.fromCoroutine(go()))
-        reactor.run()
-        print(json.dumps(outcome.get("result", {"error": "benchmark failed"}), indent=2))
+        target = h.start_tcp_target()
+        products = [h.start_product(target)]
+        if args.baseline is not None:
+            products.append(h.start_product(target, "baseline", args.baseline.resolve()))
+        for variant in args.variant:
+            name, _, where = variant.partition("=")
+            products.append(h.start_product(target, name, Path(where).resolve()))
+        ws_port = h.start_websockify(target)
+        run_and_print(lambda: run(products, ws_port, args.mib, args.rounds, args.reps,
+                                  args.profile, h))
     finally:
-        harness.close()
+        h.close()
 
 
 if __name__ == "__main__":

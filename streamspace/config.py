@@ -99,6 +99,12 @@ SETTINGS: list[Setting] = [
             "time an agent command may take before it becomes `timeout`", positive_duration),
     Setting("vnc-proxy-timeout", "VNC_PROXY_TIMEOUT", "5m",
             "a VNC tunnel with no traffic either way is closed after this", positive_duration),
+    Setting("max-viewers-per-session", "MAX_VIEWERS_PER_SESSION", "10",
+            "VNC viewers one session may have at once (more are refused with close code "
+            "4029)", positive_int),
+    Setting("max-viewers-per-user", "MAX_VIEWERS_PER_USER", "20",
+            "VNC viewers one user may have open at once, over all sessions (more are "
+            "refused with close code 4029)", positive_int),
     Setting("token-lifetime", "JWT_LIFETIME", "12h", "lifetime of login tokens",
             positive_duration),
     Setting("max-sessions-per-user", "MAX_SESSIONS_PER_USER", "5",

@@ -57,7 +57,13 @@ def fatal_exit(reactor, reason: str, code: int = 1) -> None:
 
 class ListeningService(service.Service):
     """Listens on a port (TLS when given options); a port already in use is a one-line
-    fatal error."""
+    fatal error.
+
+    The accept queue is deep (Twisted's default is 50): a burst of viewers, each bringing
+    its agent's tunnel leg, must not overflow it into SYN retries and handshake timeouts.
+    """
+
+    BACKLOG = 1024
 
     def __init__(self, reactor, port: int, factory, interface: str, *, tls=None,
                  name: str = "web") -> None:
@@ -71,10 +77,11 @@ class ListeningService(service.Service):
         try:
             if self.tls is not None:
                 self.listening = self.reactor.listenSSL(
-                    self.port, self.factory, self.tls, interface=self.interface)
+                    self.port, self.factory, self.tls, backlog=self.BACKLOG,
+                    interface=self.interface)
             else:
                 self.listening = self.reactor.listenTCP(
-                    self.port, self.factory, interface=self.interface)
+                    self.port, self.factory, backlog=self.BACKLOG, interface=self.interface)
         except CannotListenError as e:
             raise SystemExit(f"streamspace: cannot listen on {self.interface}:{self.port}: "
                              f"{e.socketError.strerror if e.socketError else e}") from None
@@ -113,6 +120,7 @@ def makeService(options) -> service.IService:
     from twisted.internet import reactor
 
     from streamspace.agents.service import Readiness, build_fleet
+    from streamspace.api import vnc as vnc_api
     from streamspace.api.app import build_api
     from streamspace.api.catalog import catalog_hook, load_catalog
     from streamspace.context import AppContext
@@ -120,7 +128,6 @@ def makeService(options) -> service.IService:
     from streamspace.metrics_endpoint import MetricsAccess, metrics_site
     from streamspace.metrics_refresh import FleetRefresher
     from streamspace.relay.proxy import VncProxy
-    from streamspace.sessions.routes import SessionRoutes
     from streamspace.static import build_static_resource
     from streamspace.web import ControlPlaneWeb, make_site
 
@@ -175,12 +182,15 @@ def makeService(options) -> service.IService:
     fleet.lifecycle.idle_timeout = options["session_idle_timeout"]
     ctx.extras["lifecycle"] = fleet.lifecycle
     ctx.extras["agent_hub"] = fleet.hub
-    proxy = VncProxy(reactor, database.db, fleet.hub, ctx.jwt_secret, ctx.public_url,
-                     options["vnc_proxy_timeout"])
+    proxy = VncProxy(reactor, database.db, fleet.hub, ctx.jwt_secret,
+                     options["vnc_proxy_timeout"],
+                     max_viewers_per_session=options["max_viewers_per_session"],
+                     max_viewers_per_user=options["max_viewers_per_user"])
     fleet.service.proxy = proxy
     FleetRefresher(reactor, database).setServiceParent(root)
     metrics.watch_pool(database.db.pool_usage)
     tls = _tls_options(options)
+    ctx.extras[vnc_api.EXTRA] = proxy
 
     if options["local_agent"]:
         if not is_dev(options):
@@ -197,9 +207,9 @@ def makeService(options) -> service.IService:
     api_resource, api_map = build_api(ctx)
     web_root = ControlPlaneWeb(
         Readiness(database, fleet.service), api=api_resource,
-        websockets={**fleet.websockets(), "vnc": proxy.vnc_endpoint(),
-                    "agent_tunnel": proxy.tunnel_endpoint()},
-        session_routes=SessionRoutes(ctx, proxy, fleet.lifecycle),
+        websockets={**fleet.websockets(),
+                    "vnc": vnc_api.viewer_endpoint(proxy, ctx.public_url, ctx.trusted_proxies),
+                    "agent_tunnel": vnc_api.tunnel_endpoint(proxy)},
         static=build_static_resource(),
         metrics_access=MetricsAccess.from_options(options, dev=is_dev(options)))
     site = make_site(web_root, api_map)

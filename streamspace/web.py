@@ -39,7 +39,7 @@ class ControlPlaneWeb:
 
     def __init__(self, database, api: IResource | None = None,
                  websockets: dict[str, Callable[..., IResource]] | None = None,
-                 static: IResource | None = None, session_routes=None,
+                 static: IResource | None = None,
                  metrics_access: MetricsAccess | None = None) -> None:
         self.database = database
         # Off unless configured (tap.py passes the operator's choice).
@@ -47,7 +47,6 @@ class ControlPlaneWeb:
         self.api = api
         self.websockets = websockets or {}
         self.static = static
-        self.session_routes = session_routes
 
     @app.route("/health", methods=["GET"])
     def health(self, request):
@@ -84,12 +83,6 @@ class ControlPlaneWeb:
     @app.route(API_PREFIX + "/vnc/<session_id>")
     def vnc(self, request, session_id):
         return self._websocket("vnc", request, session_id=session_id)
-
-    @app.route(API_PREFIX + "/sessions/<session_id>/vnc-token", methods=["POST"])
-    def vnc_token(self, request, session_id):
-        if self.session_routes is None:
-            return error_body(request, 404, "not_found", "this endpoint is not available")
-        return self.session_routes.vnc_token(request, session_id)
 
     @app.route(API_PREFIX + "/", branch=True)
     def api_branch(self, request):

@@ -21,6 +21,7 @@ from streamspace.api import (
     sessions,
     templates,
     users,
+    vnc,
 )
 from streamspace.api import auth as api_auth
 from streamspace.api.responses import json_body
@@ -31,8 +32,6 @@ from streamspace.db import audit as audit_db
 log = Logger()
 
 # (method, path relative to /api/v1, handler, endpoint name). openapi.py documents each.
-# (POST /sessions/<id>/vnc-token is served by streamspace.sessions.routes on the root;
-# documented here too.)
 ROUTES: list[tuple[str, str, Any, str]] = [
     ("POST", "/auth/login", auth_routes.login, "auth.login"),
     ("POST", "/auth/refresh", auth_routes.refresh, "auth.refresh"),
@@ -55,6 +54,7 @@ ROUTES: list[tuple[str, str, Any, str]] = [
     ("PATCH", "/sessions/<session_id>", sessions.update_session, "sessions.update"),
     ("DELETE", "/sessions/<session_id>", sessions.delete_session, "sessions.delete"),
     ("GET", "/sessions/<session_id>/events", session_events.stream, "sessions.events"),
+    ("POST", "/sessions/<session_id>/vnc-token", vnc.issue_vnc_token, "sessions.vnc_token"),
     ("POST", "/agents/register", agents.register_agent, "agents.register"),
     ("GET", "/agents", agents.list_agents, "agents.list"),
     ("POST", "/agents", agents.create_agent, "agents.create"),

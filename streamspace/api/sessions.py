@@ -148,6 +148,7 @@ async def delete_session(api, request, session_id):
     except requests.Refused as e:
         raise _refused(e) from None
     if target is not None:
+        await api.notify("vnc_proxy", "end_for_session", session_id, "the session was deleted")
         await api.notify_lifecycle("session_changed", session_id)
     if before == states.TERMINATED:
         return api.no_content(request)

@@ -125,9 +125,11 @@ async def update_user(api, request, user_id):
                                  "changed": sorted(body),
                                  **{k: v for k, v in body.items()
                                     if k in ("role", "disabled", "max_sessions")}})
-        return updated
+        return updated, invalidate or changes.get("role", target["role"]) != target["role"]
 
-    user = await api.ctx.db.transaction(work)
+    user, ends_viewers = await api.ctx.db.transaction(work)
+    if ends_viewers:
+        await api.notify("vnc_proxy", "end_for_user", user_id, "the account changed")
     return api.ok(request, shapes.user(user))
 
 
@@ -153,4 +155,5 @@ async def delete_user(api, request, user_id):
                         details={"username": target["username"]})
 
     await api.ctx.db.transaction(work)
+    await api.notify("vnc_proxy", "end_for_user", user_id, "the account was deleted")
     return api.no_content(request)

@@ -239,19 +239,3 @@ async def stops_in_flight(cursor, agent_uuid: str) -> set[str]:
 
 # -- VNC ----------------------------------------------------------------------------------
 
-async def vnc_target(db: Database, session_id: str) -> dict | None:
-    """Where a session's VNC server is: owner, state, agent and endpoint."""
-    rows = await db.query(
-        "SELECT s.user_id, s.state, s.agent_id, s.platform_metadata -> 'vnc', u.username, "
-        "u.disabled FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = %s",
-        (session_id,))
-    if not rows:
-        return None
-    r = rows[0]
-    return {"user_id": str(r[0]), "state": r[1], "agent_id": str(r[2]) if r[2] else None,
-            "vnc": r[3] if isinstance(r[3], dict) else None, "username": r[4],
-            "owner_disabled": bool(r[5])}
-
-
-async def touch_activity(db: Database, session_id: str) -> None:
-    await db.execute("UPDATE sessions SET last_activity = now() WHERE id = %s", (session_id,))

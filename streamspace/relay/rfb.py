@@ -1,124 +1,131 @@
-"""Just enough of the RFB client->server stream to count input events.
+"""Just enough of the RFB client->server stream to count input events, in bounded memory.
 
 Activity means a person typed or moved the mouse, not that bytes flowed (a viewer left
-open receives framebuffer updates forever). The parser follows the client side of the
-handshake and the message framing; anything it does not understand switches it to
-`lost` mode, where every chunk counts as activity (safe: the session is not culled).
+open sends framebuffer update requests forever). The parser follows the client side of the
+handshake and the message framing. It keeps only the header of the message it is reading
+(at most MAX_HELD bytes) and passes over every payload as it streams, so a ClientCutText of
+any length (a 10 MiB paste) costs nothing and the framing is kept after it.
+
+A message type it does not know means the framing is lost for good: from then on it
+counts nothing (the relay still passes every byte), so a viewer it cannot follow never
+keeps a session awake by merely watching.
 """
 
 from __future__ import annotations
 
 KEY_EVENT = 4
 POINTER_EVENT = 5
+QEMU = 255
+QEMU_EXTENDED_KEY = 0
 
-# message type -> fixed total length, for messages without a variable part
-_FIXED = {0: 20, 3: 10, 4: 8, 5: 6, 150: 10, 250: 4}
+# The longest header the parser waits for: the 12-byte protocol version.
+MAX_HELD = 12
+
+# message type -> total length, for messages without a variable part
+_FIXED = {0: 20, 3: 10, KEY_EVENT: 8, POINTER_EVENT: 6, 150: 10, 250: 4}
+# message type -> header bytes needed to know the message's length
+_HEADER = {2: 4, 6: 8, 248: 9, 251: 8, QEMU: 2}
 
 
 class ClientStreamParser:
     def __init__(self) -> None:
-        self.buffer = bytearray()
-        self.stage = "version"
+        self._head = bytearray()  # the header being read, never more than MAX_HELD bytes
+        self._skip = 0  # payload bytes still to pass over
+        self._stage = "version"
         self.version = b""
         self.inputs = 0
-        self.lost = False
+        self.unparseable = ""  # why the parser stopped following the stream, if it did
+
+    def buffered(self) -> int:
+        """Bytes held: counted in the relay's per-tunnel buffer bound."""
+        return len(self._head)
 
     def feed(self, data: bytes) -> int:
         """Consume client bytes; returns how many input events (key/pointer) they held."""
-        if self.lost:
-            return 1 if data else 0
-        self.buffer += data
+        if self.unparseable:
+            return 0
         before = self.inputs
-        while self._step():
-            pass
-        if len(self.buffer) > 1 << 20:  # never hold more than a message's worth
-            self._lose()
-            return 1
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                continue
+            want = self._wanted()
+            take = min(want - len(self._head), end - pos)
+            self._head += data[pos:pos + take]
+            pos += take
+            if len(self._head) == self._wanted():  # may grow once the type is known
+                self._complete()
+                if self.unparseable:
+                    break
         return self.inputs - before
 
-    def _take(self, n: int) -> bytes | None:
-        if len(self.buffer) < n:
-            return None
-        chunk = bytes(self.buffer[:n])
-        del self.buffer[:n]
-        return chunk
+    # -- the handshake, then messages ---------------------------------------------------
 
-    def _lose(self) -> None:
-        self.lost = True
-        self.buffer.clear()
+    def _wanted(self) -> int:
+        stage = self._stage
+        if stage == "version":
+            return 12
+        if stage != "messages":
+            return 1  # security type, ClientInit
+        if not self._head:
+            return 1
+        return _HEADER.get(self._head[0], 1)
 
-    def _step(self) -> bool:
-        if self.stage == "version":
-            v = self._take(12)
-            if v is None:
-                return False
-            if not v.startswith(b"RFB "):
-                self._lose()
-                return False
-            self.version = v
+    def _complete(self) -> None:
+        head, stage = self._head, self._stage
+        if stage == "version":
+            if not head.startswith(b"RFB "):
+                self._lose("not an RFB client")
+                return
+            self.version = bytes(head)
             # 3.3: the server picks the security type; the client sends nothing for it
-            self.stage = "clientinit" if v[4:11] == b"003.003" else "security"
-            return True
-        if self.stage == "security":
-            t = self._take(1)
-            if t is None:
-                return False
-            if t[0] == 1:
-                self.stage = "clientinit"
-            elif t[0] == 2:
-                self.stage = "vncauth"
+            self._stage = "clientinit" if head[4:11] == b"003.003" else "security"
+        elif stage == "security":
+            if head[0] == 1:
+                self._stage = "clientinit"
+            elif head[0] == 2:
+                self._stage, self._skip = "clientinit", 16  # the VNC auth response
             else:
-                self._lose()
-                return False
-            return True
-        if self.stage == "vncauth":
-            if self._take(16) is None:
-                return False
-            self.stage = "clientinit"
-            return True
-        if self.stage == "clientinit":
-            if self._take(1) is None:
-                return False
-            self.stage = "messages"
-            return True
-        return self._message()
+                self._lose(f"security type {head[0]} is not followed")
+                return
+        elif stage == "clientinit":
+            self._stage = "messages"
+        else:
+            length = self._length()
+            if length is None:
+                self._lose(f"unknown client message type {head[0]}")
+                return
+            self._skip = length - len(head)
+            if self._is_input(length):
+                self.inputs += 1
+        head.clear()
 
-    def _message(self) -> bool:
-        if not self.buffer:
-            return False
-        kind = self.buffer[0]
-        length = self._length(kind)
-        if length is None:
-            return False
-        if length < 0:
-            self._lose()
-            return False
-        if self._take(length) is None:
-            return False
-        if kind in (KEY_EVENT, POINTER_EVENT):
-            self.inputs += 1
-        elif kind == 255 and length == 12:  # QEMU extended key event
-            self.inputs += 1
-        return True
-
-    def _length(self, kind: int) -> int | None:
-        """Total length of the message at the buffer's head; None: need more; -1: unknown."""
-        b = self.buffer
+    def _length(self) -> int | None:
+        """Total length of the message whose header is held; None: unknown message."""
+        b = self._head
+        kind = b[0]
         if kind in _FIXED:
             return _FIXED[kind]
         if kind == 2:  # SetEncodings: type, pad, u16 count, s32 * count
-            return None if len(b) < 4 else 4 + 4 * int.from_bytes(b[2:4], "big")
-        if kind == 6:  # ClientCutText: type, pad*3, u32 length (may be negative: extended)
-            if len(b) < 8:
-                return None
-            n = int.from_bytes(b[4:8], "big", signed=True)
-            return 8 + abs(n)
+            return 4 + 4 * int.from_bytes(b[2:4], "big")
+        if kind == 6:  # ClientCutText: type, pad*3, s32 length (negative: extended format)
+            return 8 + abs(int.from_bytes(b[4:8], "big", signed=True))
         if kind == 248:  # Fence: type, pad*3, u32 flags, u8 length, payload
-            return None if len(b) < 9 else 9 + b[8]
+            return 9 + b[8]
         if kind == 251:  # SetDesktopSize: type, pad, w, h, u8 screens, pad, 16 * screens
-            return None if len(b) < 8 else 8 + 16 * b[6]
-        if kind == 255:  # QEMU: subtype 0 = extended key event (12 bytes)
-            if len(b) < 2:
-                return None
-            return 12 if b[1] == 0 else -1
-        return -1
+            return 8 + 16 * b[6]
+        if kind == QEMU and b[1] == QEMU_EXTENDED_KEY:
+            return 12
+        return None
+
+    def _is_input(self, length: int) -> bool:
+        kind = self._head[0]
+        return kind in (KEY_EVENT, POINTER_EVENT) or (kind == QEMU and length == 12)
+
+    def _lose(self, why: str) -> None:
+        self.unparseable = why
+        self._head.clear()
+        self._skip = 0

@@ -134,7 +134,8 @@ class PeerServer(protocol.Factory):
         return PeerConnection(self)
 
     def listen(self, reactor) -> int:
-        self.port = reactor.listenTCP(0, self, interface="127.0.0.1")
+        # a real VNC server's accept queue is deep enough for a burst of viewers; so is this
+        self.port = reactor.listenTCP(0, self, backlog=1024, interface="127.0.0.1")
         return self.port.getHost().port
 
     async def close(self) -> None:

@@ -64,9 +64,11 @@ class TestClient:
         self.protocol.sendClose(1000)
 
 
-async def connect(url: str, headers: dict | None = None, protocols=None) -> TestClient:
+async def connect(url: str, headers: dict | None = None, protocols=None,
+                  open_timeout: float = 5.0) -> TestClient:
     parsed = urlparse(url)
     factory = WebSocketClientFactory(url, headers=headers or {}, protocols=protocols)
+    factory.setProtocolOptions(openHandshakeTimeout=open_timeout)
     factory.protocol = _Protocol
     factory.messages = defer.DeferredQueue()
     factory.opened = defer.Deferred()

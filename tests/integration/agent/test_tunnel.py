@@ -8,14 +8,12 @@ import pytest_twisted
 from twisted.internet import reactor
 
 from agent.platforms.base import VncEndpoint
+from agent.tunnel import AGENT_BUFFER_BOUND, MAX_FRAME  # the agent's bound per tunnel, frames
 from tests.integration.agent.conftest import block
 from tests.support.fake_driver import FakeDriver
 from tests.support.polling import settle, until
 from tests.support.tcp_peers import PatternChecker, PeerServer
 
-# The agent's user-space buffering per tunnel (docs/agent.md): two transport buffers
-# (64 KiB threshold + one 64 KiB write each) plus one 64 KiB read in the parser.
-AGENT_BUFFER_BOUND = 512 * 1024
 FLOOD = 48 * 1024 * 1024  # far more than every kernel socket buffer on the path
 
 
@@ -61,7 +59,7 @@ async def test_bytes_flow_both_ways_byte_for_byte(control_plane, agents, vnc_ser
     await until(lambda: len(peer.received) == 12 + 120000, 5, what="WS->VNC bytes")
     assert bytes(leg.received[12:]) == blob
     assert bytes(peer.received[12:]) == blob[:120000]
-    assert leg.max_frame <= 64 * 1024
+    assert leg.max_frame <= MAX_FRAME
     assert tunnel.bytes_from_vnc == 12 + len(blob)
     assert tunnel.bytes_to_vnc == 12 + 120000
     # the control plane may send messages up to 256 KiB (e.g. a big clipboard paste)
@@ -94,7 +92,7 @@ async def test_websocket_reader_stalls_then_everything_arrives_in_order(
     await until(lambda: leg.checker.offset == FLOOD, 30, what="the whole flood",
                 interval=0.02)
     assert leg.checker.ok, leg.checker.first_bad
-    assert leg.max_frame <= 64 * 1024
+    assert leg.max_frame <= MAX_FRAME
     assert peak[0] <= AGENT_BUFFER_BOUND
 
 

@@ -143,6 +143,7 @@ MATRIX: dict[str, tuple[Path, Callable[[], Any], dict[str, int | None]]] = {
     "sessions.delete": (a_session, body(), OWNER),
     # a running session: the stream replays its events and ends (it has settled)
     "sessions.events": (lambda w: _suffix(a_session(w), "/events"), body(), OWNER),
+    "sessions.vnc_token": (lambda w: _suffix(a_session(w), "/vnc-token"), body(), OWNER),
     "agents.list": (static("/api/v1/agents"), body(), ADMIN_ONLY),
     "agents.create": (static("/api/v1/agents"),
                       body(lambda: {"agent_id": fresh("new-agent-"), "platform": "local"}),

@@ -22,7 +22,9 @@ from tests.support.tcp_peers import PeerServer
 
 @pytest.fixture
 def stack(migrated_dsn):
-    s = make_stack(migrated_dsn, MAX_SESSIONS_PER_USER="20")
+    # limits high enough for the 500-viewer burst; tests that need lower ones set them
+    s = make_stack(migrated_dsn, MAX_SESSIONS_PER_USER="20", MAX_VIEWERS_PER_SESSION="600",
+                   MAX_VIEWERS_PER_USER="700")
     run(s.start())
     yield s
     leaked = s.cleanup_agents()
@@ -63,13 +65,15 @@ class InProcessAgent:
         self.service.startService()
         await self.stack.wait_agent(self.agent_id, "online")
 
-    async def session_on(self, greeting: bytes = b"") -> tuple[str, PeerServer]:
-        """A running session whose VNC server is a fresh test TCP server."""
+    async def session_on(self, greeting: bytes = b"", token: str | None = None
+                         ) -> tuple[str, PeerServer]:
+        """A running session (of the user whose login `token` is given, else the admin)
+        whose VNC server is a fresh test TCP server."""
         server = PeerServer(greeting)
         port = server.listen(reactor)
         self.servers.append(server)
         self.driver.queue.append(VncEndpoint("127.0.0.1", port))
-        session = await self.stack.create_session("terminal")
+        session = await self.stack.create_session("terminal", token=token)
         running = await self.stack.wait_state(session["id"], "running", "failed")
         assert running["state"] == "running", running
         return session["id"], server
