@@ -382,6 +382,8 @@ class AgentHub:
     def close_silent(self) -> None:
         now = self.reactor.seconds()
         for link in list(self.links.values()):
+            if getattr(link, "reading_paused", False):
+                continue  # we stopped reading it (a backlog to handle): not its silence
             if link.registered and now - link.last_seen > self.heartbeat_timeout:
                 log.warn("agent {agent_id} silent for {s:.0f}s: disconnecting",
                          agent_id=link.agent["agent_id"], s=now - link.last_seen)

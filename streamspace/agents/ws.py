@@ -27,8 +27,13 @@ from streamspace_common import wire
 log = Logger()
 
 # Frames of one agent waiting to be handled (e.g. behind a command outcome waiting for
-# the database); past this the agent is sending faster than it could ever be served.
-MAX_QUEUED_FRAMES = 256
+# the database). Past PAUSE_AT the hub stops reading the agent's socket (TCP holds the
+# rest back: a burst of 500 viewers' vnc_connect answers is legitimate) and reads again
+# below RESUME_AT. A read already taken in can still add frames while paused, so the hard
+# cap is well above: an agent that gets there is not honouring the pause at all.
+PAUSE_AT = 256
+RESUME_AT = 64
+MAX_QUEUED_FRAMES = 4096
 REFUSAL_STATUS = {"bad_request": 400, "unauthorized": 401, "agent_already_connected": 409,
                   "starting": 503}
 
@@ -38,6 +43,7 @@ class AgentControlProtocol(WebSocketServerProtocol):
     conn_id: str
     registered = False
     last_seen = 0.0
+    reading_paused = False  # the hub stopped reading: too many frames waiting
 
     def onConnect(self, request):
         metrics.websocket_opened(self, request.path)
@@ -74,11 +80,18 @@ class AgentControlProtocol(WebSocketServerProtocol):
             self._protocol_error(f"more than {MAX_QUEUED_FRAMES} frames waiting to be handled")
             return
         self._queued += 1
+        if self._queued == PAUSE_AT and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pauseProducing()
         self._queue.addCallback(self._handle, frame)
         self._queue.addErrback(self._failed, frame)
 
     def _handle(self, _, frame: wire.Frame) -> defer.Deferred | None:
         self._queued -= 1
+        if self._queued == RESUME_AT and self.reading_paused and not self._closing:
+            self.reading_paused = False
+            self.last_seen = self.hub.reactor.seconds()  # its silence was ours
+            self.transport.resumeProducing()
         if self._closing:
             return None
         return defer.Deferred.fromCoroutine(self.hub.handle(self, frame))

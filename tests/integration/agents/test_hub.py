@@ -214,3 +214,38 @@ async def test_the_hub_pings_its_agents(hub_server):
     await until(lambda: len(pings) >= 2, timeout=10, what="two pings from the hub")
     assert not client.closed.called
     client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_of_frames_is_read_at_the_hubs_pace_not_cut_off(hub_server):
+    """An agent may legitimately send far more frames at once than the hub handles in a
+    moment (500 viewers' vnc_connect answers): past PAUSE_AT waiting frames the hub stops
+    reading its socket and TCP holds the rest back; it is never disconnected for it, and
+    every frame is handled, in order."""
+    from streamspace.agents import ws
+    from tests.support.hub_agents import make_session
+
+    base, fleet, db = hub_server
+    agent_uuid, token = await make_agent(db, "a-burst")
+    client = await registered_client(base, "a-burst", token)
+    sid = await make_session(db, state="running", agent_uuid=agent_uuid)
+    client.reported[sid] = "running"
+    burst = 4 * ws.PAUSE_AT
+    link = fleet.hub.links[agent_uuid]
+    paused = []
+    original = link.transport.pauseProducing
+
+    def pause():
+        paused.append(True)
+        original()
+
+    link.transport.pauseProducing = pause
+    for i in range(burst):  # each is an INSERT: slower to handle than to send
+        client.frame("session_progress", {"session_id": sid, "message": f"step {i}"})
+    await processed(db, client, "a-burst")
+    assert not client.closed.called and paused  # read at the hub's pace, never cut off
+    rows = await db.query("SELECT message FROM session_events WHERE session_id = %s "
+                          "ORDER BY id", (sid,))
+    assert [r[0] for r in rows] == [f"step {i}" for i in range(burst)]
+    assert not link.reading_paused
+    client.close()
