@@ -9,7 +9,8 @@ in-cluster, service-account token); progress in the session's events; a 410 mid-
 does not lose the start; hibernate -> wake -> delete; each failure kind's reason reaches
 the user within 10 s; an agent restart keeps running sessions and the control plane
 reconciles (an unknown session's objects are removed); two agents in two namespaces and
-regions, with placement by the request's region.
+regions, with placement by the request's region; the Helm chart's default agent (its
+environment, token and Role) registers and runs sessions.
 """
 
 from __future__ import annotations
