@@ -16,13 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import defer
-from twisted.internet.endpoints import HostnameEndpoint
 
 from agent.platforms import xvnc
 from agent.platforms.base import Capacity, SessionTemplate
 from tests.fakes.kube.controller import Timings
 from tests.fakes.kube.server import FakeKube, load_role_rules
-from tests.support.processes import free_port
 
 REPO = Path(__file__).resolve().parents[3]
 RBAC = REPO / "deploy" / "kubernetes" / "rbac.yaml"
@@ -45,26 +43,21 @@ class XvncBackend:
 
     async def start(self, reactor) -> None:
         for _attempt in range(3):
-            display = self._allocator.allocate()
-            self.port = free_port()
+            display, self.port = self._allocator.allocate()
             env = {"PATH": xvnc.default_path(), "HOME": str(self.marker_dir),
                    "STREAMSPACE_AGENT_DIR": str(self.marker_dir)}
-            # A container's VNC server listens on TCP (the pod's port); here on loopback
-            # only. Every connection comes from 127.0.0.1 (probes, the driver's RFB checks,
+            # Every connection here comes from 127.0.0.1 (probes, the driver's RFB checks,
             # viewers), where a cluster has the node's and the agent's addresses: keep
             # TigerVNC's per-host blacklist of unauthenticated connections out of the way.
-            argv = ["Xvnc", f":{display}", "-rfbport", str(self.port), "-localhost",
-                    "-SecurityTypes", "None", "-UseBlacklist=0", "-nolisten", "tcp",
-                    "-geometry", "800x600", "-depth", "24", "-AlwaysShared",
-                    "-desktop", "fake-pod"]
+            argv = xvnc.xvnc_argv(display, self.port, "800x600", desktop="fake-pod")
+            argv += ["-BlacklistThreshold", "1000000"]
             self.proc = subprocess.Popen(  # noqa: S603 - test fixture, fixed argv
                 argv,
                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)
             try:
-                await xvnc.wait_for_rfb(
-                    reactor, lambda: HostnameEndpoint(reactor, "127.0.0.1", self.port), 10,
-                    gave_up=lambda: self.proc.poll() is not None)
+                await xvnc.wait_for_rfb(reactor, "127.0.0.1", self.port, 10,
+                                        gave_up=lambda: self.proc.poll() is not None)
             except xvnc.RfbNotReady:
                 self.stop()
                 continue

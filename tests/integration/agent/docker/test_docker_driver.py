@@ -91,36 +91,6 @@ async def test_session_runs_confined_labelled_and_seen_by_a_vnc_client(docker, t
     assert await threads.deferToThread(docker.leftovers) == {"containers": [], "volumes": []}
 
 
-def _hold_first_free_abstract_display() -> socket.socket:
-    """Bind (as a foreign X server of the host would) the abstract X socket of the first
-    display number nobody holds on this network namespace."""
-    with open("/proc/net/unix") as f:
-        taken = {line.rsplit(None, 1)[-1] for line in f}
-    n = next(n for n in range(1, 1000) if f"@/tmp/.X11-unix/X{n}" not in taken)
-    holder = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    holder.bind(f"\0/tmp/.X11-unix/X{n}")
-    holder.listen(8)
-    holder.setblocking(False)
-    return holder
-
-
-@pytest_twisted.ensureDeferred
-async def test_an_x_server_of_the_host_never_gets_the_sessions_application(docker, tmp_path):
-    """Host networking shares the host's abstract socket names, which Xlib tries first:
-    the session's display must be one no X server of the host holds there."""
-    holder = _hold_first_free_abstract_display()
-    try:
-        driver = await docker.started()
-        await driver.start_session("sx", docker.template(), ALICE, "")
-        endpoint = driver.vnc_address("sx")
-        assert await screen_until_drawn(endpoint.port, tmp_path / "sx.png") >= 30
-        with pytest.raises(BlockingIOError):  # nobody knocked at the foreign display
-            holder.accept()
-        await driver.stop_session("sx")
-    finally:
-        holder.close()
-
-
 @pytest_twisted.ensureDeferred
 async def test_hibernate_stops_wake_starts_and_the_home_is_kept(docker):
     driver = await docker.started()
