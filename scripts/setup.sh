@@ -23,8 +23,10 @@ run_pkgs=(postgresql tigervnc-standalone-server xterm icewm chromium x11-utils
 # Debian's npm): only ask Debian for it when the commands are missing.
 command -v npm >/dev/null 2>&1 || run_pkgs+=(nodejs npm)
 # Packages the test suite needs on top (chromium is the browser under test; the suite
-# starts its own dockerd from docker.io and makes base images with debootstrap).
-test_pkgs=(chromium docker.io debootstrap)
+# starts its own dockerd and makes base images with debootstrap). Debian's docker.io only
+# when no Docker engine is installed: docker-ce (Docker's own packages) conflicts with it.
+test_pkgs=(chromium debootstrap)
+command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ] || test_pkgs+=(docker.io)
 # The Docker platform's tests pull from a registry of their own on loopback.
 test_pkgs+=(docker-registry)
 
@@ -68,6 +70,16 @@ if [ ! -f "$stamp" ] || [ -n "$(find "${reqs[@]}" setup.cfg pyproject.toml -newe
   "$VENV/bin/python" -c "import twisted, klein, autobahn, txpostgres, psycopg2" \
     || { echo "setup: Python dependencies failed to install" >&2; exit 1; }
   touch "$stamp"
+fi
+
+# The local platform's sandbox (and its tests) need bubblewrap to create namespaces as
+# root; some machines forbid it (a container under Docker's default seccomp profile, a
+# kernel without user/pid namespaces). Say so in one line rather than in many failing tests.
+if [ "$mode" = "test" ] && [ "$(id -u)" = "0" ]; then
+  if ! why="$(bwrap --unshare-pid --ro-bind / / true 2>&1)"; then
+    echo "setup: bubblewrap cannot create namespaces on this machine (bwrap --unshare-pid: ${why:-failed}); the local platform's sandbox tests need a host or VM that allows them" >&2
+    exit 1
+  fi
 fi
 
 if [ -f htdocs/package.json ]; then

@@ -16,8 +16,9 @@ stays on loopback). It never touches another engine's files or processes.
 - Start-up is robust to a run killed halfway: a dockerd of ours still running (found by its
   pidfile *and* its command line naming our data root) is stopped, a stale pidfile or socket
   removed, and containers, volumes and networks a killed run left behind are removed.
-- Teardown (also when tests fail) removes every container, volume and network on the engine,
-  stops dockerd and checks that no process of it (containerd, shims) is left.
+- Teardown (also when tests fail) removes every container, volume and network on the engine
+  and the dangling images (earlier builds of rebuilt test tags), stops dockerd and checks
+  that no process of it (containerd, shims) is left.
 - `base_image(engine, include=...)` gives a `debootstrap --variant=minbase bookworm` image,
   `docker import`ed from a tarball cached outside the repository (built once, ~25 s).
 """
@@ -264,10 +265,17 @@ class DockerEngine:
                          if n["Name"] not in ("host", "none", "bridge")],
         }
 
+    def prune_dangling_images(self) -> None:
+        """Images no tag names any more (an earlier build of a rebuilt test tag): dropped,
+        so the kept data root does not grow with every change. Tagged images, and the
+        layers they are built from (the build cache), stay."""
+        self.cli("image", "prune", "--force")
+
     def stop(self) -> None:
         try:
             if self.proc is not None and self.proc.poll() is None and self.ping():
                 self.remove_everything()
+                self.prune_dangling_images()
         finally:
             if self.proc is not None and self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)

@@ -12,7 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from agent.platforms.base import DriverError, VncEndpoint
 from agent.platforms.docker import spec as S
@@ -33,6 +35,7 @@ class DockerSession:
     oom: bool = False  # the engine said a process of it was killed for memory
     expected_exit: bool = False  # we are stopping it: its death is no news
     aborted: bool = False
+    removal: list[defer.Deferred] | None = None  # while removed: who else waits for it
 
     @property
     def cpu(self) -> float:
@@ -151,7 +154,31 @@ class ContainerOps:
     async def remove(self, sess: DockerSession, keep_volume: bool,
                      graceful: bool = False) -> None:
         """The container (and its home volume unless kept) away, the session off the
-        table, whatever state it was in."""
+        table, whatever state it was in. A second caller while it is being removed (a
+        stop arriving as the driver clears away a container that ended by itself) waits
+        for that removal and shares its outcome: the engine refuses a second removal of
+        the same container (409, "already in progress")."""
+        if sess.removal is not None:
+            waiting: defer.Deferred = defer.Deferred()
+            sess.removal.append(waiting)
+            await waiting
+            return
+        sess.removal = []
+        outcome: Failure | None = None
+        try:
+            await self._remove(sess, keep_volume, graceful)
+        except BaseException:
+            outcome = Failure()
+            raise
+        finally:
+            waiters, sess.removal = sess.removal, None
+            for waiting in waiters:
+                if outcome is None:
+                    waiting.callback(None)
+                else:
+                    waiting.errback(outcome)
+
+    async def _remove(self, sess: DockerSession, keep_volume: bool, graceful: bool) -> None:
         sess.state, sess.expected_exit = "stopping", True
         try:
             if sess.container_id is not None:

@@ -22,7 +22,9 @@ from twisted.logger import Logger
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
+    RequestGenerationFailed,
     RequestNotSent,
+    RequestTransmissionFailed,
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
@@ -207,7 +209,10 @@ class KubeClient:
         try:
             return await self.http.request(method, self.access.url(path),
                                            allow_redirects=False, unbuffered=True, **kwargs)
-        except (ResponseNeverReceived, ResponseFailed, RequestNotSent) as e:
+        except (ResponseNeverReceived, ResponseFailed, RequestNotSent, RequestGenerationFailed,
+                RequestTransmissionFailed) as e:
+            # (a request with a body cancelled while it is sent fails as RequestGeneration-
+            # or RequestTransmissionFailed wrapping the CancelledError)
             reasons = getattr(e, "reasons", []) or []
             if any(r.check(defer.CancelledError) for r in reasons):
                 raise defer.CancelledError() from None

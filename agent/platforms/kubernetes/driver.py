@@ -217,12 +217,16 @@ class KubernetesDriver(PlatformDriver):
         return STARTING
 
     def list_sessions(self) -> list[SessionInfo]:
-        found = []
+        """From the caches, plus starts whose Deployment the watch has not shown yet: a
+        session is listed `starting` from the moment its start begins."""
+        found = {}
         for dep in self.deployments.values():
             session_id = k8s.session_of(dep)
             if session_id and not podstatus.deleting(dep):
-                found.append(SessionInfo(session_id, self._state(dep)))
-        return sorted(found, key=lambda s: s.session_id)
+                found[session_id] = SessionInfo(session_id, self._state(dep))
+        for session_id in self._reserving:
+            found.setdefault(session_id, SessionInfo(session_id, STARTING))
+        return sorted(found.values(), key=lambda s: s.session_id)
 
     def usage(self) -> Usage:
         """What running and starting sessions reserve, including starts whose Deployment

@@ -72,8 +72,10 @@ def pod_failure(pod: dict[str, Any], events: Iterable[dict[str, Any]] = ()) -> s
             last = (c.get("lastState") or {}).get("terminated") or {}
             how = ""
             if last:
+                # the kubelet's reason "Error" only says the exit code was not 0
+                told = last.get("reason") if last.get("reason") != "Error" else ""
                 how = f" (exit code {last.get('exitCode')}"
-                how += f", {last['reason']})" if last.get("reason") else ")"
+                how += f", {told})" if told else ")"
             output = f"; last message: {last['message']}" if last.get("message") else ""
             return (f"the session's container keeps crashing{how}: "
                     f"{message or 'back-off restarting failed container'}{output}")

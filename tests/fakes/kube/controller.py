@@ -387,7 +387,7 @@ class Controllers:
             {"type": "Ready", "status": "False"}]
         self.fake.store.update(self.fake.PODS, ns, pod)
         if c["image"] in self.fake.crash_images:
-            self.later(self.t.crash, self._crash, ns, pod_name)
+            self.later(self.t.crash, self.crash, ns, pod_name)
         else:
             self.later(self.t.probe, self._probe, ns, pod_name)
 
@@ -395,7 +395,7 @@ class Controllers:
         self.next_pod_ip += 1
         return f"10.244.{self.next_pod_ip // 250}.{self.next_pod_ip % 250 + 2}"
 
-    def _crash(self, ns: str, pod_name: str) -> None:
+    def crash(self, ns: str, pod_name: str) -> None:
         pod = self._live(ns, pod_name)
         if pod is None:
             return

@@ -11,8 +11,9 @@ kubelet's port-forward. This file wires them and holds the knobs and the identit
 - namespaces (creating in a missing one is 404 like the real thing);
 - quota: `quota = {"pods": N, "requests.storage": "1Gi"}` (ResourceQuota admission);
 - admission: `deny[(verb, plural)] = (code, reason, message)` (a webhook's refusal);
-- faults: `pull_failures[image] = registry message`, `crash_images`, `root_images`,
-  `nodes` (labels, allocatable cpu/memory) for unschedulable pods;
+- faults: `pull_failures[image] = registry message`, `crash_images`, `crash_pod(ns, pod)`
+  (a running container dies), `root_images`, `nodes` (labels, allocatable cpu/memory)
+  for unschedulable pods;
 - watch faults: `expire_watches(plural)` (in-stream 410 + compaction), `silence(plural)`
   (hung watches), `gone_http[plural] = n` (HTTP 410 answers);
 - `serve(image, port, host, backend_port)`: the process "inside" the pods of an image;
@@ -413,6 +414,11 @@ class FakeKube:
         except ValueError:
             raise status.bad_request("invalid port in the ports parameter") from None
         return f"{pod_name}_{namespace}", port, self.backend_for(pod, port)
+
+    def crash_pod(self, namespace: str, pod_name: str) -> None:
+        """The pod's container exits with an error (its program died): the kubelet puts it
+        in CrashLoopBackOff, as for any container that keeps failing."""
+        self.controllers.crash(namespace, pod_name)
 
     # -- watch knobs -----------------------------------------------------------------------
 

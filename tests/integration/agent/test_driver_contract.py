@@ -31,9 +31,11 @@ from tests.support.polling import until
 
 pytestmark = pytest.mark.slow
 
-# Every driver's harness; the Kubernetes and Docker drivers add theirs here.
+# Every driver's harness (tests/integration/agent/contract/).
 HARNESSES = {
     "local": "tests.integration.agent.contract.local:LocalHarness",
+    "kubernetes": "tests.integration.agent.contract.kubernetes:KubernetesHarness",
+    "docker": "tests.integration.agent.contract.docker:DockerHarness",
     "fake": "tests.integration.agent.contract.fake:FakeHarness",
     "fake-outliving": "tests.integration.agent.contract.fake:OutlivingFakeHarness",
 }

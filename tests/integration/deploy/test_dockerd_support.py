@@ -102,3 +102,25 @@ def test_a_stale_pidfile_and_socket_do_not_stop_a_start(spare_engine):
     finally:
         bystander.send_signal(signal.SIGKILL)
         bystander.wait()
+
+
+def test_stopping_drops_dangling_images_and_keeps_tagged_ones(spare_engine):
+    """A test tag rebuilt leaves its earlier image untagged ("dangling"); the data root
+    is kept between runs, so teardown prunes those, never a tagged image."""
+    spare_engine.start()
+    image = tiny_image(spare_engine)
+    for step in ("one", "two"):  # two builds of one tag: the first ends up dangling
+        spare_engine.cli("build", "-t", "ss-test-rebuilt:1", "-", env={"DOCKER_BUILDKIT": "0"},
+                         input=f"FROM {image}\nLABEL step={step}\n".encode())
+    dangling = spare_engine.cli("images", "--quiet", "--filter", "dangling=true").stdout.split()
+    assert len(dangling) == 1
+    spare_engine.persistent = True  # keep its data root for the next start, as the suite's
+    spare_engine.stop()
+    again = DockerEngine(data_root=spare_engine.data_root, run_dir=spare_engine.run_dir,
+                         persistent=False)
+    try:
+        again.start()
+        assert again.cli("images", "--quiet", "--filter", "dangling=true").stdout.split() == []
+        assert again.image_exists("ss-test-rebuilt:1") and again.image_exists(image)
+    finally:
+        again.stop()

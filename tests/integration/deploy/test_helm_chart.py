@@ -10,71 +10,28 @@ import json
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 
+from tests.integration.deploy.chart_variants import PROXIES, VARIANTS
+from tests.support.chart import (
+    CHART,
+    FULL,
+    NAMESPACE,
+    RELEASE,
+    container,
+    env_of,
+    helm_run,
+    render,
+)
 from tests.support.processes import REPO
 
-CHART = REPO / "deploy" / "helm" / "streamspace"
-RELEASE, NAMESPACE = "ss", "streamspace"
-FULL = f"{RELEASE}-streamspace"
 KUBE_VERSIONS = ("1.30.0", latest_version())
 # Kinds that come from CRDs: no bundled schema to validate against (asserted on instead).
 CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
-
-VARIANTS = {
-    "default": [],
-    "external-database": ["database.host=db.example.com", "database.password=s3cret-db"],
-    "external-database-existing-secret": ["database.host=db.example.com",
-                                          "database.existingSecret=corp-db",
-                                          "database.existingSecretKey=pw"],
-    "agent-disabled": ["k8sAgent.enabled=false"],
-    "ingress": ["ingress.enabled=true", "ingress.host=desk.example.org",
-                "ingress.className=nginx", "ingress.tls.enabled=true"],
-    "custom-images": ["api.image.registry=ghcr.io/acme", "api.image.tag=1.2.3",
-                      "api.image.repository=ss/cp", "k8sAgent.image.registry=ghcr.io/acme",
-                      "k8sAgent.image.repository=ss/agent", "k8sAgent.image.tag=1.2.3",
-                      "api.image.pullPolicy=Always"],
-    "two-replicas": ["api.replicas=2", "api.podDisruptionBudget.enabled=true"],
-    "service-monitor": ["metrics.serviceMonitor.enabled=true"],
-    "sessions-namespace": ["k8sAgent.config.namespace=sessions"],
-}
-
-
-def helm_run(helm_bin: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(helm_bin), *args], capture_output=True, text=True, timeout=120)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
-
-
-def render(helm_bin: Path, sets: list[str], kube: str = "1.30.0", extra: tuple = ()) -> dict:
-    args = ["template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", kube]
-    for s in sets:
-        args += ["--set", s]
-    out = helm_run(helm_bin, *args, *extra).stdout
-    objects = {}
-    for obj in yaml.safe_load_all(out):
-        if obj:
-            key = (obj["kind"], obj["metadata"]["name"])
-            assert key not in objects, f"rendered twice: {key}"
-            objects[key] = obj
-    return objects
-
-
-def container(objects: dict, deployment: str, name: str) -> dict:
-    spec = objects[("Deployment", deployment)]["spec"]["template"]["spec"]
-    return next(c for c in spec["containers"] if c["name"] == name)
-
-
-def env_of(c: dict) -> dict:
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
-
-
 @pytest.fixture(scope="module")
 def rendered(helm):
     return {name: render(helm, sets) for name, sets in VARIANTS.items()}
@@ -108,7 +65,8 @@ def test_every_object_is_valid_kubernetes_in_strict_mode(helm, variant, kube):
 def test_values_schema_rejects_typos_and_bad_types(helm):
     for bad in ("api.replica=2", "api.replicas=zero", "api.logLevel=chatty",
                 "k8sAgent.config.heartbeatInterval=often", "jwtSecret=too-short",
-                "adminPassword=short"):
+                "adminPassword=short", "k8sAgent.token=short", "metrics.token.enable=true",
+                "networkPolicy.vncPortStart=5900", "metrics.monitoringNamespace=Not_A_Name"):
         result = helm_run(helm, "template", RELEASE, str(CHART), "--set", bad, check=False)
         assert result.returncode != 0 and "values don't meet the specifications" in result.stderr \
             or "at '/" in result.stderr, (bad, result.stderr)
@@ -151,37 +109,6 @@ def test_control_plane_probes_env_from_secrets_and_security(rendered):
     assert pod["securityContext"]["runAsNonRoot"] is True
 
 
-def test_agent_rbac_grants_the_least_verbs_and_names_the_control_plane_service(rendered):
-    objects = rendered["default"]
-    role = objects[("Role", f"{FULL}-agent")]
-    rules = {(g, r): sorted(rule["verbs"]) for rule in role["rules"]
-             for g in rule["apiGroups"] for r in rule["resources"]}
-    assert rules == {
-        ("apps", "deployments"): sorted(["get", "list", "watch", "create", "patch", "delete"]),
-        ("", "services"): sorted(["get", "list", "watch", "create", "delete"]),
-        ("", "persistentvolumeclaims"): sorted(["get", "list", "watch", "create", "delete"]),
-        ("", "pods"): ["get", "list", "watch"],
-        ("", "events"): ["get", "list", "watch"],
-        ("", "pods/portforward"): ["create", "get"],
-    }
-    assert not any("*" in v for v in rules.values())
-    binding = objects[("RoleBinding", f"{FULL}-agent")]
-    assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{FULL}-agent",
-                                    "namespace": NAMESPACE}]
-    agent_pod = objects[("Deployment", f"{FULL}-agent")]["spec"]["template"]["spec"]
-    assert agent_pod["serviceAccountName"] == f"{FULL}-agent"
-    assert objects[("Deployment", f"{FULL}-agent")]["spec"]["strategy"] == {"type": "Recreate"}
-    env = env_of(container(objects, f"{FULL}-agent", "agent"))
-    service = objects[("Service", FULL)]
-    port = service["spec"]["ports"][0]["port"]
-    assert env["CONTROL_PLANE_URL"] == f"http://{FULL}.{NAMESPACE}.svc:{port}"
-    assert env["PLATFORM"] == "kubernetes" and env["NAMESPACE"] == NAMESPACE
-    assert env["AGENT_TOKEN_FILE"].startswith("/var/run/secrets/streamspace/")
-    volumes = {v["name"]: v for v in agent_pod["volumes"]}
-    assert volumes["agent-token"]["secret"]["secretName"] == f"{FULL}-agent-token"
-
-
 def test_the_migration_job_migrates_then_registers_the_agent_token(rendered):
     for variant, hook in (("default", "post-install,pre-upgrade"),
                           ("external-database", "pre-install,pre-upgrade")):
@@ -209,27 +136,6 @@ def test_the_migration_job_migrates_then_registers_the_agent_token(rendered):
     assert [c["name"] for c in job["containers"]] == ["migrate"] and "initContainers" not in job
 
 
-def test_network_policy_lets_only_the_agent_reach_session_vnc_ports(rendered):
-    for variant, session_ns in (("default", NAMESPACE), ("sessions-namespace", "sessions")):
-        objects = rendered[variant]
-        policy = objects[("NetworkPolicy", f"{FULL}-sessions")]
-        assert policy["metadata"]["namespace"] == session_ns
-        assert policy["spec"]["podSelector"] == {
-            "matchLabels": {"app.kubernetes.io/managed-by": "streamspace"}}
-        assert policy["spec"]["policyTypes"] == ["Ingress"]
-        (rule,) = policy["spec"]["ingress"]
-        (peer,) = rule["from"]
-        agent_labels = objects[("Deployment", f"{FULL}-agent")]["spec"]["template"]["metadata"][
-            "labels"]
-        assert peer["podSelector"]["matchLabels"] == agent_labels
-        assert peer["namespaceSelector"]["matchLabels"] == {
-            "kubernetes.io/metadata.name": NAMESPACE}
-        assert rule["ports"] == [{"protocol": "TCP", "port": 5900, "endPort": 5999}]
-        # The policy must not select the agent or control plane themselves.
-        assert agent_labels.get("app.kubernetes.io/managed-by") != "streamspace"
-        assert objects[("Role", f"{FULL}-agent")]["metadata"]["namespace"] == session_ns
-
-
 def test_external_database_bundles_nothing_and_uses_the_given_secret(rendered):
     objects = rendered["external-database"]
     assert not [k for k in objects if k[0] == "StatefulSet"]
@@ -247,7 +153,9 @@ def test_agent_disabled_renders_no_agent_objects(rendered):
     objects = rendered["agent-disabled"]
     assert not [k for k in objects if "agent" in k[1]]
     assert not [k for k in objects if k[0] in ("Role", "RoleBinding", "ServiceAccount",
-                                               "NetworkPolicy")]
+                                               "Namespace")]
+    assert {name for kind, name in objects if kind == "NetworkPolicy"} == {
+        f"{FULL}-postgresql", f"{FULL}-control-plane"}
 
 
 def test_ingress_routes_to_the_service_with_websocket_timeouts(rendered):
@@ -293,58 +201,43 @@ def test_custom_images_and_two_replicas(rendered):
     assert "secretKeyRef" in env["JWT_SECRET"] and "secretKeyRef" in env["ADMIN_PASSWORD"]
 
 
-def test_service_monitor_scrapes_the_control_plane_metrics(rendered):
-    monitor = rendered["service-monitor"][("ServiceMonitor", FULL)]
-    service = rendered["service-monitor"][("Service", FULL)]
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= \
-        service["spec"]["selector"].items()
-    assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics",
-                                             "interval": "30s"}]
-    # /metrics is off on the public port outside dev mode: the pods serve it on its own
-    # listener, which the Service names and the Ingress never routes to
-    [pod] = service_pods = [o["spec"]["template"]["spec"] for (kind, name), o in
-                            rendered["service-monitor"].items()
-                            if kind == "Deployment" and name == FULL]
-    assert service_pods
-    [container] = pod["containers"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["METRICS_ADDRESS"] == "0.0.0.0:9090"
-    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
-    assert {"name": "metrics", "port": 9090, "targetPort": "metrics", "protocol": "TCP"} in \
-        service["spec"]["ports"]
-    ingress = [o for (kind, _), o in rendered["ingress"].items() if kind == "Ingress"]
-    assert ingress and "metrics" not in json.dumps(ingress)
-    assert not [k for k in rendered["default"] if k[0] == "ServiceMonitor"]
-
-
 def _secret_data(objects: dict) -> dict:
     return {name: o["data"] for (kind, name), o in objects.items() if kind == "Secret"}
 
 
 def test_secrets_are_generated_once_and_kept_on_upgrade(helm):
-    first = _secret_data(render(helm, []))
-    second = _secret_data(render(helm, []))
-    for name in (f"{FULL}-jwt", f"{FULL}-admin-credentials", f"{FULL}-db", f"{FULL}-agent-token"):
+    sets = ["metrics.token.enabled=true"]
+    first = _secret_data(render(helm, sets))
+    second = _secret_data(render(helm, sets))
+    generated = (f"{FULL}-jwt", f"{FULL}-admin-credentials", f"{FULL}-db", f"{FULL}-agent-token",
+                 f"{FULL}-metrics")
+    assert set(first) == set(generated)
+    for name in generated:
         for key, value in first[name].items():
             if key != "username":
                 assert len(base64.b64decode(value)) >= 32
                 assert second[name][key] != value  # fresh installs get fresh secrets
     # An upgrade: the cluster already holds the first install's Secrets (what `lookup`
     # returns there); every generated value is kept.
-    upgraded = _secret_data(render(helm, [], extra=("--set-json",
-                                                    "_lookupOverride=" + json.dumps(first))))
+    upgraded = _secret_data(render(helm, sets, extra=("--set-json",
+                                                      "_lookupOverride=" + json.dumps(first))))
     assert upgraded == first
-    # An explicit value wins over what is kept.
-    explicit = _secret_data(render(helm, ["adminPassword=chosen-by-the-operator"], extra=(
+    # An explicit value wins over what is kept (what `helm template` and GitOps users set,
+    # since `lookup` sees nothing there).
+    token = "t" * 40
+    explicit = _secret_data(render(helm, ["adminPassword=chosen-by-the-operator",
+                                          f"k8sAgent.token={token}"], extra=(
         "--set-json", "_lookupOverride=" + json.dumps(first))))
     assert base64.b64decode(explicit[f"{FULL}-admin-credentials"]["password"]) == \
         b"chosen-by-the-operator"
+    assert base64.b64decode(explicit[f"{FULL}-agent-token"]["token"]) == token.encode()
     assert explicit[f"{FULL}-jwt"] == first[f"{FULL}-jwt"]
 
 
 def test_notes_tell_the_admin_password_and_the_url(helm):
     out = helm_run(helm, "install", RELEASE, str(CHART), "--namespace", NAMESPACE,
-                   "--dry-run=client", "--set", "ingress.enabled=true").stdout
+                   "--dry-run=client", "--set", "ingress.enabled=true", "--set",
+                   PROXIES).stdout
     notes = out.split("NOTES:", 1)[1]
     assert f"kubectl get secret {FULL}-admin-credentials -n {NAMESPACE}" in notes
     assert "{.data.password}" in notes and "https://" not in notes.split("2. The URL:")[0]

@@ -70,6 +70,25 @@ app.kubernetes.io/component: {{ .component }}
 {{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}password{{ end -}}
 {{- end -}}
 
+{{- define "streamspace.metricsTokenSecret" -}}
+{{- default (printf "%s-metrics" (include "streamspace.fullname" .)) .Values.metrics.token.existingSecret -}}
+{{- end -}}
+
+{{- define "streamspace.metricsTokenKey" -}}
+{{- if .Values.metrics.token.existingSecret }}{{ .Values.metrics.token.existingSecretKey }}{{ else }}token{{ end -}}
+{{- end -}}
+
+{{/* METRICS_TOKEN of the control plane, from its Secret (metrics.token.enabled). */}}
+{{- define "streamspace.metricsTokenEnv" -}}
+{{- if .Values.metrics.token.enabled -}}
+- name: METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "streamspace.metricsTokenSecret" . }}
+      key: {{ include "streamspace.metricsTokenKey" . }}
+{{- end -}}
+{{- end -}}
+
 {{- define "streamspace.agentId" -}}
 {{- default (printf "%s-k8s" (include "streamspace.fullname" .)) .Values.k8sAgent.agentId -}}
 {{- end -}}
@@ -78,8 +97,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-agent" (include "streamspace.fullname" .)) .Values.k8sAgent.serviceAccount.name -}}
 {{- end -}}
 
+{{/* Where session pods run: their own namespace unless told otherwise (see checks). */}}
 {{- define "streamspace.sessionNamespace" -}}
-{{- default .Release.Namespace .Values.k8sAgent.config.namespace -}}
+{{- $name := default (printf "%s-sessions" .Release.Namespace) .Values.k8sAgent.config.namespace -}}
+{{- if gt (len $name) 63 -}}
+{{- fail (printf "the sessions' namespace %q is longer than 63 characters: set k8sAgent.config.namespace" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/*
+Values that would render a working but unsafe install fail the render, saying why and
+what to set (templates/checks.yaml runs them).
+*/}}
+{{- define "streamspace.checks" -}}
+{{- if and .Values.k8sAgent.enabled (eq (include "streamspace.sessionNamespace" .) .Release.Namespace) (not .Values.k8sAgent.allowReleaseNamespace) -}}
+{{- fail (printf "k8sAgent.config.namespace is the release namespace %s: session pods would run beside the control plane's Secrets (the agent may create Deployments there, which can mount any Secret of the namespace) and its database. Leave it empty (sessions in %s-sessions) or name another namespace; set k8sAgent.allowReleaseNamespace=true only if you accept that." .Release.Namespace .Release.Namespace) -}}
+{{- end -}}
+{{- if and .Values.ingress.enabled (not .Values.api.trustedProxies) (not .Values.ingress.allowWithoutTrustedProxies) -}}
+{{- fail "ingress.enabled needs api.trustedProxies: behind the ingress controller every client has the controller's address, so without it the login limits count all users as one client (100 failed logins a minute from anyone lock everybody out; 10 against one account lock its owner out). Set api.trustedProxies to the controller pods' addresses or network (e.g. 10.244.0.0/16), or set ingress.allowWithoutTrustedProxies=true to accept that." -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "streamspace.controlPlaneURL" -}}

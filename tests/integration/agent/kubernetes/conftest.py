@@ -7,6 +7,7 @@ from twisted.internet import reactor
 
 from tests.fakes.kube.harness import KubeHarness
 from tests.integration.agent.conftest import block
+from tests.support.k8s_binaries import helm  # noqa: F401 - for the chart's agent test
 from tests.support.xvnc_sessions import kill_leftovers
 
 

@@ -9,7 +9,8 @@ in-cluster, service-account token); progress in the session's events; a 410 mid-
 does not lose the start; hibernate -> wake -> delete; each failure kind's reason reaches
 the user within 10 s; an agent restart keeps running sessions and the control plane
 reconciles (an unknown session's objects are removed); two agents in two namespaces and
-regions, with placement by the request's region.
+regions, with placement by the request's region; the Helm chart's default agent (its
+environment, token and Role) registers and runs sessions.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ import pytest_twisted
 from agent.platforms.base import SessionTemplate, UserRef
 from agent.platforms.kubernetes import objects as k8s
 from agent.platforms.kubernetes.spec import session_spec
+from streamspace.agents import provisioning
 from tests.conftest import run
 from tests.fakes.kube.harness import IMAGE, NAMESPACE, VNC_PORT
+from tests.support import chart
 from tests.support.http import poll
 from tests.support.polling import until
 from tests.support.stack import make_stack
@@ -53,10 +56,12 @@ def _kube_env(harness, **extra) -> dict:
             "KUBE_WATCH_TIMEOUT": "30s", **extra}
 
 
-def _in_cluster_env(harness, tmp_path) -> dict:
+def _in_cluster_env(harness, tmp_path, token: str | None = None) -> dict:
+    """What the kubelet gives a pod: the API server's address, the service account's
+    token and the cluster CA mounted."""
     account = tmp_path / "serviceaccount"
     account.mkdir()
-    (account / "token").write_text(harness.agent_token)
+    (account / "token").write_text(token or harness.agent_token)
     (account / "ca.crt").write_bytes(harness.fake.pki.ca_pem)
     return {"NAMESPACE": NAMESPACE, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
             "KUBERNETES_SERVICE_PORT": str(harness.fake.port),
@@ -195,3 +200,51 @@ async def test_in_cluster_service_mode_failures_and_regions(stack, harness, tmp_
         assert "exceeded quota" in (failed["error"] or ""), failed
     finally:
         del fake.quota["pods"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_charts_agent_registers_and_runs_sessions(stack, harness, helm, tmp_path):
+    """The chart's default install has a working agent: a real `twistd agent` with the
+    environment, mounted token and Role the default render gives its pod (as the kubelet
+    would: Secret volumes written under a directory standing for the pod's filesystem, the
+    in-cluster service-account token and API address), its token registered the way the
+    migration Job's provision-agent container does. Only CONTROL_PLANE_URL is replaced: the
+    Service's cluster DNS name resolves only in a cluster."""
+    objects = chart.render(helm, [])
+    name = f"{chart.FULL}-agent"
+    env = chart.pod_environment(objects, "Deployment", name, "agent", tmp_path / "agent-pod")
+    sessions = env["NAMESPACE"]
+    assert sessions == f"{chart.NAMESPACE}-sessions"  # their own namespace, by default
+    harness.fake.add_namespace(sessions)
+    account = objects[("ServiceAccount", chart.pod_spec(objects, "Deployment", name)[
+        "serviceAccountName"])]["metadata"]
+    user = f"system:serviceaccount:{account['namespace']}:{account['name']}"
+    kubelet = _in_cluster_env(harness, tmp_path, harness.fake.add_user(
+        user, objects[("Role", name)]["rules"]))
+    del kubelet["NAMESPACE"]  # the chart's
+    env.update(kubelet)
+    assert env["CONTROL_PLANE_URL"] == f"http://{chart.FULL}.{chart.NAMESPACE}.svc:8080"
+    env["CONTROL_PLANE_URL"] = stack.base
+
+    job = chart.pod_environment(objects, "Job", f"{chart.FULL}-migrate", "provision-agent",
+                                tmp_path / "job")
+    agent_id, _db, token = provisioning._settings(job)
+    await provisioning.ensure_agent(stack.service.getServiceNamed("database").db,
+                                    agent_id=agent_id, platform="kubernetes",
+                                    region=job["REGION"], token=token,
+                                    provisioned_by="deployment")
+    assert agent_id == env["AGENT_ID"]
+    # the token only from its mounted file, as in the pod (AGENT_TOKEN is not set there)
+    await stack.start_agent(agent_id, token=token, platform="kubernetes",
+                            extra_env={**env, "AGENT_TOKEN": ""})
+
+    session = await stack.create_session(TEMPLATE)
+    running = await stack.wait_state(session["id"], "running", "failed", timeout=20)
+    assert running["state"] == "running" and running["agent_id"] == agent_id, running
+    assert (await stack.vnc_banner(session["id"])).startswith(b"RFB 003.")
+    assert _objects(harness, "deployments", session["id"], sessions)
+    assert not [r for r in harness.fake.refusals if r[0] == user]
+    assert {r[4] for r in harness.fake.requests if r[0] == user} == {sessions}
+    code, _ = await stack.request("DELETE", f"/api/v1/sessions/{session['id']}")
+    assert code in (202, 204)
+    await _gone(stack, session["id"])

@@ -47,6 +47,12 @@ def test_failure_reasons_carry_the_clusters_message():
         "lastState": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}])
     assert podstatus.pod_failure(crash) == (
         "the session's container keeps crashing (exit code 137, OOMKilled): back-off 10s")
+    # "Error" is the kubelet's word for any non-zero exit: the sentence gives the code
+    crash["status"]["containerStatuses"][0]["lastState"]["terminated"] = {
+        "exitCode": 1, "reason": "Error", "message": "Xvnc: cannot open display"}
+    assert podstatus.pod_failure(crash) == (
+        "the session's container keeps crashing (exit code 1): back-off 10s; last message: "
+        "Xvnc: cannot open display")
     assert podstatus.pod_failure(_with(containerStatuses=[{"name": "c", "state": {
         "waiting": {"reason": "ContainerCreating"}}}])) is None
     dep = {"status": {"conditions": [{"type": "ReplicaFailure", "status": "True",
