@@ -35,12 +35,12 @@ from streamspace.processes import (
     Backoff,
     SupervisedProcess,
     Supervisor,
-    cmdline,
     detached,
     stop_child,
     stop_stray,
 )
 from streamspace.secrets_store import write_private
+from streamspace_common import procfs
 
 log = Logger()
 
@@ -152,14 +152,14 @@ class LocalAgentService(Service):
 def _agents_using(state_dir: str) -> list[int]:
     """Pids of `twistd agent` processes whose argv names `state_dir` (reads /proc)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for pid in procfs.pids():
+        if pid == os.getpid():
             continue
-        args = cmdline(int(entry.name))
+        args = procfs.cmdline(pid)
         if "agent" not in args:
             continue
         named = {args[i + 1] for i, a in enumerate(args[:-1]) if a == "--state-dir"}
         named |= {a.split("=", 1)[1] for a in args if a.startswith("--state-dir=")}
         if state_dir in named:
-            found.append(int(entry.name))
+            found.append(pid)
     return found

@@ -5,7 +5,8 @@
 - `detached(argv, death_signal)`: run a child in its own session, so a terminal's Ctrl-C
   reaches only us and we stop children in order, and have the kernel signal it when we
   die (even by SIGKILL), so nothing survives us as an orphan. `setsid(1)` and
-  `setpriv(1)` (util-linux) both exec in place: the pid we get is the child's.
+  `setpriv(1)` (util-linux, found by `procfs.tool`) both exec in place: the pid we get
+  is the child's.
 - `Supervisor` (with `Backoff`): start a child again when it ends while still wanted, or
   when starting it fails for any reason, after delays that grow while it keeps failing.
 - `stop_child` / `stop_stray`: signal, wait, then SIGKILL: our own child (its end is
@@ -15,15 +16,15 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+
+from streamspace_common import procfs
 
 log = Logger()
 
@@ -70,16 +71,10 @@ class SupervisedProcess(protocol.ProcessProtocol):
         self.ended.callback(reason.value)
 
 
-def _tool(name: str) -> str:
-    found = shutil.which(name) or f"/usr/bin/{name}"
-    if not os.path.exists(found):
-        raise RuntimeError(f"{name} (util-linux) is needed to supervise child processes")
-    return found
-
-
 def detached(argv: list[str], death_signal: str) -> list[str]:
     """`argv` in a new session, sent `death_signal` (e.g. TERM, INT, KILL) if we die."""
-    return [_tool("setsid"), _tool("setpriv"), f"--pdeathsig={death_signal}", "--", *argv]
+    return [procfs.tool("setsid"), procfs.tool("setpriv"), f"--pdeathsig={death_signal}",
+            "--", *argv]
 
 
 class Backoff:
@@ -276,16 +271,5 @@ async def stop_stray(reactor, pid: int, what: str, sig: int = signal.SIGTERM,
 
 
 def process_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    """Running (a zombie has ended: only its exit status is left to collect)."""
+    return procfs.state_of(pid) not in (None, "Z")

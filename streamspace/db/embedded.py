@@ -39,12 +39,12 @@ from streamspace.db.pool import make_dsn
 from streamspace.processes import (
     SupervisedProcess,
     Supervisor,
-    cmdline,
     detached,
     process_alive,
     stop_child,
     stop_stray,
 )
+from streamspace_common import procfs
 
 log = Logger()
 
@@ -261,7 +261,7 @@ class EmbeddedPostgres:
             pid = int(pidfile.read_text().split("\n", 1)[0])
         except (FileNotFoundError, ValueError):
             return
-        if not process_alive(pid) or str(self.data_dir) not in cmdline(pid):
+        if not process_alive(pid) or str(self.data_dir) not in procfs.cmdline(pid):
             return  # a stale pid file: postgres removes it itself
         await stop_stray(self.reactor, pid, "embedded PostgreSQL", signal.SIGINT, STOP_TIMEOUT)
 

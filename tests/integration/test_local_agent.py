@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -17,6 +16,7 @@ from twisted.internet import defer, reactor
 
 from streamspace.local_agent import LocalAgentService
 from streamspace.processes import process_alive
+from streamspace_common import procfs
 from tests.support.polling import until
 from tests.support.processes import free_port
 
@@ -31,11 +31,6 @@ class _ReadyDatabase:
 
     def __init__(self, db) -> None:
         self.ready = defer.succeed(db)
-
-
-def _environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode().split("\0") if "=" in item)
 
 
 @pytest.fixture
@@ -54,9 +49,9 @@ def local_agent(db, tmp_path, monkeypatch):
 async def test_the_agent_gets_only_allowed_environment(local_agent, tmp_path):
     """Should-fix 8: a deny-list passed METRICS_TOKEN and any operator secret on."""
     proc = await until(lambda: local_agent._proc, timeout=30, what="the agent to start")
-    await until(lambda: "agent" in Path(f"/proc/{proc.transport.pid}/cmdline").read_bytes()
-                .decode(errors="replace"), what="twistd agent to exec")
-    env = _environ(proc.transport.pid)
+    await until(lambda: "agent" in procfs.cmdline(proc.transport.pid),
+                what="twistd agent to exec")
+    env = procfs.environ(proc.transport.pid)
     assert not set(SECRETS) & set(env), sorted(set(SECRETS) & set(env))
     assert env["AGENT_TOKEN_FILE"] == str(tmp_path / "local-agent.token")
     assert env["AGENT_ID"] == "local" and env["PLATFORM"] == "local"

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from streamspace.processes import process_alive as alive  # re-exported for the tests
+from streamspace_common import procfs
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -24,20 +25,7 @@ def free_port() -> int:
 
 def descendants(pid: int) -> set[int]:
     """Every live descendant of `pid`, from /proc (children of children too)."""
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                kids = (task / "children").read_text().split()
-            except FileNotFoundError:
-                continue
-            for k in map(int, kids):
-                if k not in found:
-                    found.add(k)
-                    frontier.append(k)
-    return found
+    return set(procfs.descendants(pid))
 
 
 def wait_gone(pids: set[int], timeout: float = 20.0) -> set[int]:
