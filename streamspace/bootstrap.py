@@ -27,6 +27,10 @@ def initial_admin_hook(reactor, state_dir: Path, admin_password: str | None):
 
     async def hook(db: Database) -> None:
         if await users.admin_exists(db):
+            path = admin_credentials_file(state_dir)
+            if not admin_password and path.exists():
+                log.info("the password of `admin` is in {path} (as first generated)",
+                         path=str(path))
             return
         password = admin_password or generate_password()
         created = await users.create_initial_admin(

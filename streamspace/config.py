@@ -23,6 +23,9 @@ from streamspace_common.settings import (
 
 MIN_JWT_SECRET = 32
 MIN_METRICS_TOKEN = 16
+MAX_UNIX_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"),
+            ipaddress.ip_network("::ffff:127.0.0.0/104"))
 
 
 def ip_networks(text: str) -> tuple:
@@ -61,6 +64,11 @@ SETTINGS: list[Setting] = [
             port_number),
     Setting("interface", "LISTEN_ADDRESS", None,
             "address to listen on (default: 127.0.0.1 in dev mode, 0.0.0.0 otherwise)"),
+    Setting("listen-unix", "LISTEN_UNIX", None,
+            "also serve on this Unix socket (mode 0660) for a reverse proxy on this machine; "
+            "its requests are the proxy's (X-Forwarded-For names the client)"),
+    Setting("listen-unix-group", "LISTEN_UNIX_GROUP", None,
+            "group owning the LISTEN_UNIX socket (the reverse proxy's); default: ours"),
     Setting("public-url", "PUBLIC_URL", None,
             "URL users reach the control plane at (origin checks, links); "
             "default http(s)://localhost:PORT"),
@@ -159,6 +167,15 @@ def _validate(opts: Mapping[str, Any], environ: Mapping[str, str]) -> list[str]:
         except ValueError:
             problems.append(f"LISTEN_ADDRESS: {opts['interface']!r} is not an IP address")
     problems.extend(_tls_problems(opts))
+    problems.extend(_unix_problems(opts))
+    if opts["local_agent"] and is_dev(opts):
+        covering = [str(n) for n in opts["trusted_proxies"] if covers_loopback(n)]
+        if covering:
+            problems.append(
+                f"TRUSTED_PROXIES: {', '.join(covering)} includes loopback, which the local "
+                "agent's sessions share: any session could name its own client address "
+                "(X-Forwarded-For) and pass the login limits; let the reverse proxy connect "
+                "over LISTEN_UNIX instead")
     metrics_at = opts["metrics_address"]
     if metrics_at is not None and metrics_at[1] == opts["port"]:
         hosts = {metrics_at[0] or listen_interface(opts), listen_interface(opts)}
@@ -185,6 +202,34 @@ def _tls_problems(opts: Mapping[str, Any]) -> list[str]:
         if path and not os.access(path, os.R_OK):
             problems.append(f"{name}: cannot read {path}")
     return problems
+
+
+def _unix_problems(opts: Mapping[str, Any]) -> list[str]:
+    path, group = opts["listen_unix"], opts["listen_unix_group"]
+    problems = []
+    if group is not None and not path:
+        problems.append("LISTEN_UNIX_GROUP: only meaningful with LISTEN_UNIX")
+    if group is not None:
+        import grp
+
+        try:
+            grp.getgrnam(group)
+        except KeyError:
+            problems.append(f"LISTEN_UNIX_GROUP: no group named {group!r}")
+    if path is not None:
+        if not os.path.isabs(path):
+            problems.append(f"LISTEN_UNIX: {path!r} must be an absolute path")
+        elif len(path.encode()) > MAX_UNIX_PATH:
+            problems.append(f"LISTEN_UNIX: longer than {MAX_UNIX_PATH} bytes")
+        elif not os.path.isdir(os.path.dirname(path)):
+            problems.append(f"LISTEN_UNIX: the directory {os.path.dirname(path)} does not exist")
+    return problems
+
+
+def covers_loopback(network) -> bool:
+    """Whether a trusted network includes loopback addresses (127/8, ::1, or the IPv4-mapped
+    loopback), which every process on this machine can connect from."""
+    return any(network.version == loop.version and network.overlaps(loop) for loop in LOOPBACK)
 
 
 def uses_embedded_database(opts: Mapping[str, Any]) -> bool:
@@ -234,4 +279,4 @@ def local_url(opts: Mapping[str, Any]) -> str:
 
 
 __all__ = ["ServerOptions", "SETTINGS", "uses_embedded_database", "is_dev", "public_url",
-           "listen_interface", "local_url", "uses_tls", "text"]
+           "listen_interface", "local_url", "uses_tls", "covers_loopback", "text"]

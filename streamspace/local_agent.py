@@ -10,28 +10,59 @@ The agent runs in its own session, so a terminal's Ctrl-C reaches only the contr
 which stops the agent before the database; and it gets SIGTERM from the kernel if the
 control plane dies, even by SIGKILL. An agent of our state directory that a previous run
 left behind anyway is stopped before a new one starts.
+
+Its environment is an allow-list (`agent_environment`): what the agent needs to run and
+the agent settings an operator may tune, never the rest of ours (JWT_SECRET,
+METRICS_TOKEN, DB_*, whatever else an operator exports).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from twisted.application.service import Service
-from twisted.internet import defer, error, threads
+from twisted.internet import defer, threads
 from twisted.logger import Logger
 
 from streamspace.agents.provisioning import ensure_agent
 from streamspace.auth import agent_tokens
 from streamspace.db.pool import Database
-from streamspace.processes import Backoff, SupervisedProcess, cmdline, detached, stop_stray
+from streamspace.processes import (
+    Backoff,
+    SupervisedProcess,
+    Supervisor,
+    detached,
+    stop_child,
+    stop_stray,
+)
 from streamspace.secrets_store import write_private
+from streamspace_common import procfs
 
 log = Logger()
 
 LOCAL_AGENT_ID = "local"
 STOP_GRACE = 20.0
+
+# What passes from our environment to the agent's: how to run (PATH, the virtualenv,
+# locale, time zone, temporary directory, trusted CAs) and agent settings that tune it.
+# Everything the agent must have (id, URL, token file, platform...) is set explicitly.
+PASSED_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "LOG_LEVEL", "HEARTBEAT_INTERVAL", "MAX_CPU", "MAX_MEMORY",
+})
+PASSED_PREFIXES = ("LC_",)
+
+
+def agent_environment(ours: Mapping[str, str], fixed: Mapping[str, str]) -> dict[str, str]:
+    """The agent's environment: the allowed part of `ours`, then `fixed` over it."""
+    passed = {k: v for k, v in ours.items()
+              if k in PASSED_NAMES or k.startswith(PASSED_PREFIXES)}
+    return {**passed, **fixed}
 
 
 def _agent_output(line: str) -> None:
@@ -54,8 +85,8 @@ class LocalAgentService(Service):
         self.ca_file = ca_file
         self.token_file = self.state_dir / "local-agent.token"
         self._proc: SupervisedProcess | None = None
-        self._restart = None
-        self._backoff = Backoff(reactor, initial=2.0)
+        self._supervisor = Supervisor(reactor, "local agent", self._launch,
+                                      Backoff(reactor, initial=2.0))
 
     def startService(self) -> None:
         super().startService()
@@ -64,7 +95,7 @@ class LocalAgentService(Service):
     def _database_ready(self, db):
         d = defer.Deferred.fromCoroutine(self._provision(db))
         d.addCallback(lambda _: defer.Deferred.fromCoroutine(self._stop_leftovers()))
-        d.addCallback(lambda _: self._spawn())
+        d.addCallback(lambda _: self._supervisor.start() if self.running else None)
         d.addErrback(lambda f: log.failure("could not start the local agent", f))
         return db
 
@@ -82,78 +113,53 @@ class LocalAgentService(Service):
         for pid in await threads.deferToThread(_agents_using, mine):
             await stop_stray(self.reactor, pid, "local agent", grace=STOP_GRACE)
 
-    def _spawn(self) -> None:
-        if not self.running:
-            return
-        twistd = str(Path(sys.executable).parent / "twistd")
-        env = {
-            **{k: v for k, v in os.environ.items() if k not in ("JWT_SECRET", "DB_PASSWORD",
-                                                                 "DATABASE_URL",
-                                                                 "ADMIN_PASSWORD")},
+    def environment(self) -> dict[str, str]:
+        fixed = {
             "AGENT_ID": LOCAL_AGENT_ID, "CONTROL_PLANE_URL": self.url,
             "AGENT_TOKEN_FILE": str(self.token_file), "PLATFORM": "local", "REGION": "local",
             "MAX_SESSIONS": str(self.max_sessions), "PYTHONUNBUFFERED": "1",
         }
-        env.pop("AGENT_TOKEN", None)
-        env.pop("AGENT_STATE_DIR", None)
         if self.ca_file:
-            env["CONTROL_PLANE_CA_FILE"] = self.ca_file
+            fixed["CONTROL_PLANE_CA_FILE"] = self.ca_file
+        return agent_environment(os.environ, fixed)
+
+    async def _launch(self) -> SupervisedProcess:
+        """Supervision's launch: spawn `twistd agent` (an OSError is retried)."""
+        twistd = str(Path(sys.executable).parent / "twistd")
         proc = SupervisedProcess(_agent_output)
-        self._proc = proc
         # The state directory goes in argv so a leftover agent can be recognised by it.
         argv = detached([twistd, "--nodaemon", "--pidfile=",
                          "--logger=streamspace_common.logs.observer", "agent",
                          "--state-dir", str(self.agent_state_dir)], "TERM")
-        self.reactor.spawnProcess(proc, argv[0], argv, env=env)
-        self._backoff.started()
+        self.reactor.spawnProcess(proc, argv[0], argv, env=self.environment())
+        self._proc = proc
         log.info("local agent started (pid {pid})", pid=proc.transport.pid)
-        proc.ended.addCallback(self._ended, proc)
+        return proc
 
-    def _ended(self, reason, proc: SupervisedProcess) -> None:
-        if self._proc is proc:
-            self._proc = None
-        if self.running:
-            delay = self._backoff.delay()
-            log.warn("local agent exited ({reason}); restarting in {d:.0f}s",
-                     reason=reason, d=delay)
-            self._restart = self.reactor.callLater(delay, self._spawn)
-        else:
-            log.info("local agent stopped")
+    async def _stop(self) -> None:
+        self._supervisor.halt()
+        proc, self._proc = self._proc, None
+        if proc is None or proc.ended.called:
+            return
+        await stop_child(self.reactor, proc, "local agent", signal.SIGTERM, STOP_GRACE)
+        log.info("local agent stopped")
 
     def stopService(self):
         super().stopService()
-        if self._restart is not None and self._restart.active():
-            self._restart.cancel()
-        proc, self._proc = self._proc, None
-        if proc is None or proc.ended.called:
-            return None
-        try:
-            proc.transport.signalProcess("TERM")
-        except error.ProcessExitedAlready:
-            return None
-        killer = self.reactor.callLater(STOP_GRACE, _kill, proc)
-        proc.ended.addBoth(lambda r: killer.active() and killer.cancel())
-        return proc.ended
+        return defer.Deferred.fromCoroutine(self._stop())
 
 
 def _agents_using(state_dir: str) -> list[int]:
     """Pids of `twistd agent` processes whose argv names `state_dir` (reads /proc)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for pid in procfs.pids():
+        if pid == os.getpid():
             continue
-        args = cmdline(int(entry.name))
+        args = procfs.cmdline(pid)
         if "agent" not in args:
             continue
         named = {args[i + 1] for i, a in enumerate(args[:-1]) if a == "--state-dir"}
         named |= {a.split("=", 1)[1] for a in args if a.startswith("--state-dir=")}
         if state_dir in named:
-            found.append(int(entry.name))
+            found.append(pid)
     return found
-
-
-def _kill(proc: SupervisedProcess) -> None:
-    try:
-        proc.transport.signalProcess("KILL")
-    except error.ProcessExitedAlready:
-        pass

@@ -7,6 +7,12 @@ Content-Length over it is refused as soon as the headers end, and a chunked body
 the moment it crosses it. The refusal is a 413 in the one JSON error shape; then the
 connection lingers a moment, discarding what the client still sends (so it can read the
 answer instead of a reset), and is closed.
+
+Writing the 413 straight to the transport cannot overtake an earlier response on the same
+connection: twisted.web's HTTP/1.1 channel does not parse a pipelined request (so never
+calls `gotLength` for it) until the response before it has finished; the bytes after a
+body wait in the channel's buffer meanwhile. A test pipelines a slow login and an
+oversized request to hold it to that.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ records), so each child's stop is awaited before the next one starts.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
+
 from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -28,16 +32,17 @@ class OrderedMultiService(MultiService):
         return defer.Deferred.fromCoroutine(stop_in_order())
 
 
-
 class StopSignals:
     """SIGINT/SIGTERM start one ordered stop. Another one meanwhile (an impatient second
-    Ctrl-C) is noted once; it neither stops the reactor twice (a traceback) nor cuts the
-    ordered stop short."""
+    Ctrl-C) is noted; it neither stops the reactor twice (a traceback) nor cuts the
+    ordered stop short. A third one is meant: the process exits at once (its children get
+    their death signal from the kernel, so none is left behind)."""
 
-    def __init__(self, reactor) -> None:
+    def __init__(self, reactor, exit: Callable[[int], None] = os._exit) -> None:
         self.reactor = reactor
         self.stopping = False
-        self._noted = False
+        self._extra = 0
+        self._exit = exit
 
     def install(self) -> None:
         """After the reactor installed its own handlers (call when running)."""
@@ -54,9 +59,16 @@ class StopSignals:
         import signal
 
         if self.stopping:
-            if not self._noted:
-                self._noted = True
-                log.info("already stopping (the local agent, then the database); please wait")
+            self._extra += 1
+            if self._extra == 1:
+                log.info("already stopping (the local agent, then the database); please "
+                         "wait, or press Ctrl-C once more to exit at once")
+            else:
+                log.warn("exiting at once, without an ordered stop (signal {n} again)",
+                         n=number)
+                for stream in (sys.stdout, sys.stderr):
+                    stream.flush()
+                self._exit(128 + number)
             return
         self.stopping = True
         handler = self.reactor.sigInt if number == signal.SIGINT else self.reactor.sigTerm

@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 from twisted.application import service
-from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 from streamspace import metrics
 from streamspace.bootstrap import initial_admin_hook
 from streamspace.config import (
     ServerOptions,
+    covers_loopback,
     is_dev,
     listen_interface,
     local_url,
@@ -26,6 +25,7 @@ from streamspace.config import (
 from streamspace.db.embedded import EmbeddedPostgres
 from streamspace.db.pool import dsn_from_options
 from streamspace.db.service import DatabaseService
+from streamspace.listeners import ListeningService, UnixListeningService
 from streamspace.secrets_store import read_or_create
 from streamspace.service_tree import OrderedMultiService, StopSignals
 from streamspace_common import logs
@@ -53,55 +53,6 @@ def fatal_exit(reactor, reason: str, code: int = 1) -> None:
         reactor.stop()
     else:
         reactor.callWhenRunning(reactor.stop)
-
-
-class ListeningService(service.Service):
-    """Listens on a port (TLS when given options); a port already in use is a one-line
-    fatal error.
-
-    The accept queue is deep (Twisted's default is 50): a burst of viewers, each bringing
-    its agent's tunnel leg, must not overflow it into SYN retries and handshake timeouts.
-    """
-
-    BACKLOG = 1024
-
-    def __init__(self, reactor, port: int, factory, interface: str, *, tls=None,
-                 name: str = "web") -> None:
-        self.reactor, self.port, self.factory, self.interface = reactor, port, factory, interface
-        self.tls = tls
-        self.name = name
-        self.listening = None
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        try:
-            if self.tls is not None:
-                self.listening = self.reactor.listenSSL(
-                    self.port, self.factory, self.tls, backlog=self.BACKLOG,
-                    interface=self.interface)
-            else:
-                self.listening = self.reactor.listenTCP(
-                    self.port, self.factory, backlog=self.BACKLOG, interface=self.interface)
-        except CannotListenError as e:
-            raise SystemExit(f"streamspace: cannot listen on {self.interface}:{self.port}: "
-                             f"{e.socketError.strerror if e.socketError else e}") from None
-
-    def url(self) -> str:
-        """Where it really listens, e.g. https://127.0.0.1:8443 (IPv6 in brackets)."""
-        host = self.listening.getHost()
-        address = f"[{host.host}]" if ":" in host.host else host.host
-        return f"{'https' if self.tls is not None else 'http'}://{address}:{host.port}"
-
-    def stopService(self):
-        super().stopService()
-        if self.listening is not None:
-            listening, self.listening = self.listening, None
-            d = defer.maybeDeferred(listening.stopListening)
-            close = getattr(self.factory, "close_connections", None)
-            if close is not None:
-                d.addCallback(lambda _: close())
-            return d
-        return None
 
 
 def resolve_jwt_secret(options, state_dir: Path) -> str:
@@ -216,7 +167,16 @@ def makeService(options) -> service.IService:
     interface = listen_interface(options)
     web = ListeningService(reactor, options["port"], site, interface, tls=tls)
     web.setServiceParent(root)
-    listeners = [web]
+    listeners: list = [web]
+    if options["listen_unix"]:
+        proxy_socket = UnixListeningService(reactor, options["listen_unix"], site,
+                                            options["listen_unix_group"])
+        proxy_socket.setServiceParent(root)
+        listeners.append(proxy_socket)
+    if any(covers_loopback(n) for n in options["trusted_proxies"]):
+        log.warn("TRUSTED_PROXIES includes loopback: every process on this machine (local "
+                 "sessions too) can then name its own client address in X-Forwarded-For; "
+                 "prefer LISTEN_UNIX for a reverse proxy on this machine")
     if options["metrics_address"] is not None:
         host, port = options["metrics_address"]
         metrics_web = ListeningService(
@@ -224,7 +184,7 @@ def makeService(options) -> service.IService:
             host or interface, tls=tls, name="metrics-web")
         metrics_web.setServiceParent(root)
         listeners.append(metrics_web)
-    reactor.callWhenRunning(_banner, listeners, public_url(options))
+    reactor.callWhenRunning(_banner, listeners, public_url(options), state_dir)
     if options["local_agent"] and is_dev(options):
         # the URL is worth opening once a session can start: when the local agent is in
         fleet.hub.when_registered(LOCAL_AGENT_ID).addCallback(
@@ -244,18 +204,25 @@ def _tls_options(options):
         raise SystemExit(f"streamspace: {e}") from None
 
 
-def _banner(listeners: list[ListeningService], public: str) -> None:
-    """Say where we really listen (not where we hope users find us)."""
+def _banner(listeners: list, public: str, state_dir: Path) -> None:
+    """Say where we really listen (not where we hope users find us), and where our state
+    is (`make run` prints nothing of its own)."""
     web, *others = listeners
     if web.listening is None:
         return
-    log.info("StreamSpace control plane listening on {url} (public URL {public})",
-             url=web.url(), public=public)
+    log.info("StreamSpace control plane listening on {url} (public URL {public}); state "
+             "directory {state}; stop with Ctrl-C or SIGTERM", url=web.url(), public=public,
+             state=str(state_dir))
     host = web.listening.getHost().host
     if web.tls is None and not ipaddress.ip_address(host).is_loopback:
         log.warn("serving plain HTTP on {host}: logins and agent tokens cross the network "
                  "in clear unless a TLS reverse proxy is in front (or set --tls-cert)",
                  host=host)
     for extra in others:
-        if extra.listening is not None:
+        if extra.listening is None:
+            continue
+        if isinstance(extra, UnixListeningService):
+            log.info("also listening on {url} (for a reverse proxy on this machine)",
+                     url=extra.url())
+        else:
             log.info("metrics served on {url}/metrics", url=extra.url())

@@ -2,7 +2,9 @@
 
 The cluster is started by the product's own EmbeddedPostgres from the system binaries
 (as the `postgres` user when the suite runs as root), so the embedded default is
-exercised by every database test too.
+exercised by every database test too. It listens on a 127.0.0.1 port rather than the
+product's private Unix socket (`tcp=True`): the deploy tests' containers (another uid,
+their own filesystem) reach it as an external database, over the network.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def run(coro):
 def pg_cluster():
     base = Path(tempfile.mkdtemp(prefix="streamspace-test-pg-"))
     os.chmod(base, 0o755)
-    pg = EmbeddedPostgres(base, reactor, extra_settings={
+    pg = EmbeddedPostgres(base, reactor, tcp=True, extra_settings={
         "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off",
         "max_connections": "300",
     })

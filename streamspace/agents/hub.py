@@ -81,7 +81,8 @@ class AgentHub:
         self.links: dict[str, AgentLink] = {}  # agent uuid -> live connection
         self.lifecycle: Any = None  # set by the wiring (SessionLifecycle)
         self._ephemeral: dict[str, defer.Deferred] = {}
-        self._writes: set[defer.Deferred] = set()  # offline marks still being written
+        # database work `stop()` waits for: offline marks, frames still being handled
+        self._writes: set[defer.Deferred] = set()
         self._registered_waiters: dict[str, list[defer.Deferred]] = {}
         self.accepting = False  # set once start-up reconciled the agents table
         self.stopping = False
@@ -130,6 +131,20 @@ class AgentHub:
         if self.links.get(link.agent["id"]) is link and not link.registered:
             link.close_with(CLOSE_PROTOCOL_ERROR,
                             f"registration not completed within {REGISTER_TIMEOUT:.0f} seconds")
+
+    def tracked(self, handling: defer.Deferred) -> defer.Deferred:
+        """`handling` (a frame's), which `stop()` waits for before the database closes: a
+        report arriving as an agent goes (a session it stopped) must not be cut off in
+        its transaction. Its result is passed on untouched."""
+        done: defer.Deferred = defer.Deferred()
+        self._writes.add(done)
+
+        def finished(result):
+            self._writes.discard(done)
+            done.callback(None)
+            return result
+
+        return handling.addBoth(finished)
 
     def detach_soon(self, link: AgentLink, reason: str) -> defer.Deferred:
         """Forget a closed connection; `stop()` waits for the database write it starts."""

@@ -94,7 +94,7 @@ class AgentControlProtocol(WebSocketServerProtocol):
             self.transport.resumeProducing()
         if self._closing:
             return None
-        return defer.Deferred.fromCoroutine(self.hub.handle(self, frame))
+        return self.hub.tracked(defer.Deferred.fromCoroutine(self.hub.handle(self, frame)))
 
     def _failed(self, failure, frame: wire.Frame) -> None:
         if failure.check(wire.ProtocolError):

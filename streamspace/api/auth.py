@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from twisted.internet.address import UNIXAddress
+
 from streamspace.api.body import is_uuid
 from streamspace.api.errors import forbidden, unauthorized
 from streamspace.auth import tokens
@@ -30,24 +32,37 @@ def bearer_token(request) -> str | None:
     return parse_bearer(request.getHeader(b"authorization"))
 
 
+UNIX_PEER = "unix"  # a LISTEN_UNIX request whose proxy named no client
+
+
 def client_addr(request, trusted_proxies=()) -> str:
     """The client's address: the peer, or, when the peer is a trusted reverse proxy, the
-    right-most X-Forwarded-For entry that is not itself a trusted proxy."""
-    peer = getattr(request.getClientAddress(), "host", "") or ""
+    right-most X-Forwarded-For entry that is not itself a trusted proxy. A peer on the
+    LISTEN_UNIX socket is the reverse proxy (only its group may connect there)."""
+    peer_address = request.getClientAddress()
+    if isinstance(peer_address, UNIXAddress):
+        return _forwarded_client(request, trusted_proxies) or UNIX_PEER
+    peer = getattr(peer_address, "host", "") or ""
     if not trusted_proxies or not _trusted(peer, trusted_proxies):
         return peer
+    return _forwarded_client(request, trusted_proxies) or peer
+
+
+def _forwarded_client(request, trusted_proxies) -> str | None:
+    """The right-most X-Forwarded-For hop that is not a trusted proxy; None if there is
+    no header, it is malformed (believe only what we saw) or every hop is trusted."""
     header = request.getHeader(b"x-forwarded-for")
     if not header:
-        return peer
+        return None
     hops = [h.strip() for h in header.decode("latin-1").split(",")][-32:]
     for hop in reversed(hops):
         try:
             ip = ipaddress.ip_address(hop)
         except ValueError:
-            return peer  # a malformed chain: believe only what we saw
+            return None
         if not _trusted(str(ip), trusted_proxies):
             return str(ip)
-    return peer
+    return None
 
 
 def _trusted(addr: str, networks) -> bool:

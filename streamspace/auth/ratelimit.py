@@ -5,13 +5,20 @@ cannot lock its owner out from another one, and a user behind the same address (
 proxy) is not locked out by attempts on other accounts. A per-address ceiling, well above
 the per-pair limit, still stops one address from spraying guesses over many accounts.
 
+An IPv6 client is counted by its /64, the smallest block a site or a host is routinely
+given: one machine can use a whole /64, so counting per /128 would give it unlimited
+addresses (IPv4-mapped IPv6 addresses count as their IPv4 address).
+
 In memory (one control plane process), clocked by the reactor. An attempt is counted when
 it *starts* and forgiven only if it succeeds, so a burst of concurrent guesses cannot slip
-past the limit while their password checks are still running.
+past the limit while their password checks are still running. Memory is bounded
+(MAX_KEYS); when it is full of live counters, the ones with the fewest failures go first,
+so flooding it with fresh keys cannot wipe the counters that are refusing someone.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -21,6 +28,21 @@ DEFAULT_ADDRESS_CEILING = 100  # per address, whatever the accounts, per window
 DEFAULT_WINDOW = 60.0
 # Bound on remembered keys; stale ones are pruned first when it is reached.
 MAX_KEYS = 100_000
+IPV6_PREFIX = 64
+
+
+def client_key(address: str) -> str:
+    """What one client is counted as: its IPv4 address, its IPv6 /64, or the text as is
+    (not an IP address, e.g. a Unix-socket peer without X-Forwarded-For)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{IPV6_PREFIX}", strict=False))
+    return str(ip)
 
 
 @dataclass(frozen=True)
@@ -42,8 +64,9 @@ class LoginRateLimiter:
         self._refused_at: dict[str, float] = {}  # key -> when its refusal was last reported
 
     def _keys(self, address: str, account: str) -> tuple[tuple[str, int, str], ...]:
-        return ((f"pair:{address}\x00{account}", self.max_failures, "account"),
-                (f"addr:{address}", self.address_ceiling, "address"))
+        client = client_key(address)
+        return ((f"pair:{client}\x00{account}", self.max_failures, "account"),
+                (f"addr:{client}", self.address_ceiling, "address"))
 
     def _recent(self, key: str, now: float) -> deque[float] | None:
         hits = self._hits.get(key)
@@ -103,8 +126,17 @@ class LoginRateLimiter:
         for key, at in list(self._refused_at.items()):
             if at <= now - self.window:
                 del self._refused_at[key]
-        if len(self._hits) >= MAX_KEYS:  # still full of live keys: forget the oldest half
-            for key in sorted(self._hits, key=lambda k: self._hits[k][-1])[: MAX_KEYS // 2]:
+        if len(self._hits) >= MAX_KEYS:
+            # Still full of live counters: forget half, those with the fewest failures
+            # first (oldest first among equals). A counter near its limit costs an
+            # attacker many failures to build; a flood of fresh keys costs one each and
+            # is what goes.
+            ranked = sorted(self._hits, key=lambda k: (len(self._hits[k]), self._hits[k][-1]))
+            for key in ranked[: MAX_KEYS // 2]:
                 del self._hits[key]
         if len(self._refused_at) >= MAX_KEYS:
-            self._refused_at.clear()
+            # only decides which refusal is audited: keep those whose counter survived
+            for key in [k for k in self._refused_at if k not in self._hits]:
+                del self._refused_at[key]
+            if len(self._refused_at) >= MAX_KEYS:
+                self._refused_at.clear()

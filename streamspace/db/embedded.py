@@ -1,14 +1,21 @@
 """A private PostgreSQL cluster for the embedded (single-machine) default.
 
-Started from the machine's PostgreSQL binaries in the state directory, listening only on
-127.0.0.1 with a generated password (scram), no Unix socket; as root the server runs as
-the `postgres` user because initdb refuses root. Everything goes through
-`reactor.spawnProcess`, so starting and stopping never block the reactor.
+Started from the machine's PostgreSQL binaries in the state directory with a generated
+password (scram); as root the server runs as the `postgres` user because initdb refuses
+root. Everything goes through `reactor.spawnProcess`, so starting and stopping never
+block the reactor.
+
+It listens only on a Unix socket in a 0700 directory of its own (`<cluster>/socket`), no
+TCP: on a machine whose sessions share the network, a session cannot bind the address
+first (e.g. while the server restarts) and pose as the database. Clients also insist on
+`require_auth=scram-sha-256`, so even a server met over TCP (`tcp=True`, which the test
+suite's shared cluster uses for its containers) must prove it knows the password: a
+stand-in that answers "authentication OK" is refused.
 
 The server runs in its own session (a terminal's Ctrl-C does not reach it: we stop it,
 last) and gets SIGINT, a fast shutdown, if the control plane dies. It is supervised: if it
-exits on its own it is restarted on the same port with backoff, and the pool's
-connections reconnect by themselves.
+exits on its own, or a restart fails for whatever reason, it is started again at the same
+address with backoff, and the pool's connections reconnect by themselves.
 """
 
 from __future__ import annotations
@@ -21,21 +28,23 @@ import shutil
 import signal
 import socket
 import stat
+import tempfile
 from pathlib import Path
 
-from twisted.internet import defer, error
+from twisted.internet import error
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from streamspace.db.pool import make_dsn
 from streamspace.processes import (
-    Backoff,
     SupervisedProcess,
-    cmdline,
+    Supervisor,
     detached,
     process_alive,
+    stop_child,
     stop_stray,
 )
+from streamspace_common import procfs
 
 log = Logger()
 
@@ -44,6 +53,9 @@ DB_USER = "streamspace"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 20.0
 START_ATTEMPTS = 3  # a start that fails (e.g. shared memory of a dead server still held)
+SOCKET_PORT = 5432  # names the socket file; the directory is private, so no clash
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with the terminating NUL
+REQUIRE_AUTH = "scram-sha-256"  # libpq refuses a server that skips the password proof
 
 
 class EmbeddedDatabaseError(Exception):
@@ -96,12 +108,16 @@ def _server_process() -> SupervisedProcess:
 
 
 class EmbeddedPostgres:
-    """One private cluster under `<state_dir>/postgres` (or a root-safe fallback path)."""
+    """One private cluster under `<state_dir>/postgres` (or a root-safe fallback path).
+
+    `tcp=True` listens on a free 127.0.0.1 port instead of the private socket (for
+    clients that cannot reach the socket, e.g. containers of the test suite)."""
 
     def __init__(self, state_dir: Path, reactor, extra_settings: dict[str, str] | None = None,
-                 *, supervise: bool = True):
+                 *, supervise: bool = True, tcp: bool = False):
         self.reactor = reactor
         self.supervise = supervise
+        self.tcp = tcp
         self.state_dir = Path(state_dir).resolve()
         self.extra_settings = extra_settings or {}
         self.port: int | None = None
@@ -119,12 +135,12 @@ class EmbeddedPostgres:
             self._uid, self._gid = os.getuid(), os.getgid()
         self.base = self._choose_base()
         self.data_dir = self.base / "data"
+        self.socket_dir = self._choose_socket_dir()
         self.password_file = self.state_dir / "postgres.password"
-        self.restarts = 0
         self._stopping = False
-        self._backoff = Backoff(reactor)
-        self._restart_call = None
-        self._serving: SupervisedProcess | None = None  # supervised once it is ready
+        self._bindir: Path | None = None
+        self._supervisor = Supervisor(reactor, "embedded PostgreSQL", self._restart,
+                                      expected=(EmbeddedDatabaseError,))
 
     def _choose_base(self) -> Path:
         base = self.state_dir / "postgres"
@@ -140,13 +156,37 @@ class EmbeddedPostgres:
             return fallback
         return base
 
+    def _choose_socket_dir(self) -> Path:
+        """`<cluster>/socket`; if the socket's path would not fit in a sockaddr_un, a
+        directory named after the cluster in the temporary directory (checked to be
+        ours when it exists: see `_private_dir`)."""
+        inside = self.base / "socket"
+        if len(str(inside / f".s.PGSQL.{SOCKET_PORT}")) <= MAX_SOCKET_PATH:
+            return inside
+        import hashlib
+
+        digest = hashlib.sha256(str(self.base).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"streamspace-pg-{digest}"
+
+    @property
+    def restarts(self) -> int:
+        """How many times supervision brought the server back."""
+        return self._supervisor.restarts
+
+    @property
+    def address(self) -> str:
+        """Where it listens, for logs: the socket directory or 127.0.0.1:port."""
+        return f"127.0.0.1:{self.port}" if self.tcp else f"{self.socket_dir} (Unix socket)"
+
     @property
     def dsn(self) -> str:
         return self.dsn_for(DB_NAME)
 
     def dsn_for(self, dbname: str) -> str:
-        return make_dsn(host="127.0.0.1", port=self.port, dbname=dbname, user=DB_USER,
-                        password=self._password(), connect_timeout=5)
+        host = "127.0.0.1" if self.tcp else str(self.socket_dir)
+        return make_dsn(host=host, port=self.port, dbname=dbname, user=DB_USER,
+                        password=self._password(), require_auth=REQUIRE_AUTH,
+                        connect_timeout=5)
 
     def _password(self) -> str:
         if not self.password_file.exists():
@@ -162,6 +202,24 @@ class EmbeddedPostgres:
         os.chmod(self.base, 0o700)
         if self._as_root:
             os.chown(self.base, self._uid, self._gid)
+        if not self.tcp:
+            self._private_dir(self.socket_dir)
+
+    def _private_dir(self, path: Path) -> None:
+        """A directory only the server's user may enter (and so create sockets in)."""
+        try:
+            path.mkdir(mode=0o700)
+            if self._as_root:
+                os.chown(path, self._uid, self._gid)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != self._uid:
+            raise EmbeddedDatabaseError(
+                f"{path} is not a directory of the PostgreSQL server's user; it cannot hold "
+                "the embedded database's socket (remove it)")
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(path, 0o700)
 
     def _spawn(self, proto, argv: list[str], death_signal: str) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8",
@@ -203,7 +261,7 @@ class EmbeddedPostgres:
             pid = int(pidfile.read_text().split("\n", 1)[0])
         except (FileNotFoundError, ValueError):
             return
-        if not process_alive(pid) or str(self.data_dir) not in cmdline(pid):
+        if not process_alive(pid) or str(self.data_dir) not in procfs.cmdline(pid):
             return  # a stale pid file: postgres removes it itself
         await stop_stray(self.reactor, pid, "embedded PostgreSQL", signal.SIGINT, STOP_TIMEOUT)
 
@@ -215,69 +273,51 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             await self._initdb(bindir)
         if self.port is None:
-            self.port = free_port()
+            self.port = free_port() if self.tcp else SOCKET_PORT
+        self._bindir = bindir
         for attempt in range(1, START_ATTEMPTS + 1):
             try:
-                await self._start_server(bindir)
+                await self._start_server()
                 break
             except EmbeddedDatabaseError as e:
                 if attempt == START_ATTEMPTS or self._stopping:
                     raise
-                delay = self._backoff.delay()
+                delay = self._supervisor.backoff.delay()
                 log.warn("embedded PostgreSQL did not start ({reason}); retrying in "
                          "{delay:.0f}s", reason=str(e).splitlines()[0], delay=delay)
                 await deferLater(self.reactor, delay, lambda: None)
         await self._ensure_database()
-        log.info("embedded PostgreSQL ready on 127.0.0.1:{port}", port=self.port)
+        if self.supervise and not self._stopping:
+            self._supervisor.watch(self._proto)
+        log.info("embedded PostgreSQL ready on {address}", address=self.address)
         return self.dsn
 
-    async def _start_server(self, bindir: Path) -> None:
+    def _settings(self) -> dict[str, str]:
+        if self.tcp:
+            listen = {"listen_addresses": "127.0.0.1", "unix_socket_directories": ""}
+        else:
+            listen = {"listen_addresses": "", "unix_socket_directories": str(self.socket_dir),
+                      "unix_socket_permissions": "0700"}
+        return {**listen, "port": str(self.port), "max_connections": "100",
+                **self.extra_settings}
+
+    async def _start_server(self) -> SupervisedProcess:
         await self._stop_stale()
-        settings = {
-            "listen_addresses": "127.0.0.1",
-            "port": str(self.port),
-            "unix_socket_directories": "",
-            "max_connections": "100",
-            **self.extra_settings,
-        }
-        argv = [str(bindir / "postgres"), "-D", str(self.data_dir)]
-        for k, v in settings.items():
+        argv = [str(self._bindir / "postgres"), "-D", str(self.data_dir)]
+        for k, v in self._settings().items():
             argv += ["-c", f"{k}={v}"]
         proto = _server_process()
         self._proto = proto
         self._spawn(proto, argv, "INT")  # if we die: a fast shutdown, not an orphan
-        proto.ended.addCallback(self._exited, proto, bindir)
-        self._backoff.started()
         await self._wait_ready(proto)
-        self._serving = proto
+        return proto
 
-    def _exited(self, reason, proto: SupervisedProcess, bindir: Path) -> None:
-        """Supervision: a server that was serving and exits while we still want it is
-        restarted (a start that fails is retried by whoever started it)."""
-        if self._stopping or self._serving is not proto or not self.supervise:
-            return
-        self._serving = self._proto = None
-        self._schedule_restart(bindir, str(reason))
-
-    def _schedule_restart(self, bindir: Path, why: str) -> None:
-        delay = self._backoff.delay()
-        log.warn("embedded PostgreSQL is down ({why}); restarting in {delay:.0f}s",
-                 why=why, delay=delay)
-        self._restart_call = self.reactor.callLater(delay, self._restart, bindir)
-
-    def _restart(self, bindir: Path) -> defer.Deferred:
-        async def restart() -> None:
-            try:
-                await self._start_server(bindir)
-            except EmbeddedDatabaseError as e:
-                if not self._stopping:
-                    self._schedule_restart(bindir, str(e).splitlines()[0])
-                return
-            self.restarts += 1
-            log.info("embedded PostgreSQL restarted on 127.0.0.1:{port}", port=self.port)
-
-        self._restart_call = None
-        return defer.Deferred.fromCoroutine(restart())
+    async def _restart(self) -> SupervisedProcess:
+        """Supervision's launch: the server again, at the same address."""
+        self._proto = None
+        proto = await self._start_server()
+        log.info("embedded PostgreSQL serving again on {address}", address=self.address)
+        return proto
 
     async def _wait_ready(self, proto: SupervisedProcess) -> None:
         import psycopg2
@@ -316,35 +356,26 @@ class EmbeddedPostgres:
     async def stop(self) -> None:
         """Fast shutdown (SIGINT), escalating to SIGKILL if it does not exit in time."""
         self._stopping = True
-        if self._restart_call is not None and self._restart_call.active():
-            self._restart_call.cancel()
-        self._restart_call = None
-        self._serving = None
+        self._supervisor.halt()
         proto, self._proto = self._proto, None
         if proto is None or proto.ended.called:
             return
-        transport = proto.transport
-        try:
-            transport.signalProcess("INT")
-        except error.ProcessExitedAlready:
-            return
-        timer = self.reactor.callLater(STOP_TIMEOUT, _kill, transport)
-        await proto.ended
-        if timer.active():
-            timer.cancel()
+        await stop_child(self.reactor, proto, "embedded PostgreSQL", signal.SIGINT,
+                         STOP_TIMEOUT)
         log.info("embedded PostgreSQL stopped")
-
-
-def _kill(transport) -> None:
-    try:
-        transport.signalProcess("KILL")
-    except error.ProcessExitedAlready:
-        pass
 
 
 async def _connect(reactor, dsn: str):
     from txpostgres import txpostgres
 
     conn = txpostgres.Connection(reactor=reactor)
-    await conn.connect(dsn)
+    try:
+        await conn.connect(dsn)
+    except Exception:
+        # txpostgres leaves a failed connection watched by the reactor, which polls it
+        # again and logs its error as unhandled (e.g. "the database system is starting
+        # up" while we wait for the server): stop watching it (if it got that far).
+        if conn._connection is not None:
+            conn.close()
+        raise
     return conn

@@ -154,3 +154,22 @@ async def test_bodies_under_the_limit_still_arrive_whole_also_chunked(site, db):
                         headers={"Content-Type": ["application/json"]})
     assert r.code == 413
     assert json.loads(await r.content())["error"]["code"] == "payload_too_large"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_refused_pipelined_request_answers_after_the_one_before_it(site):
+    """Nit 12: a 413 must not overtake the response to an earlier request on the same
+    connection. The first request (a login: its password check runs on a thread) is
+    still being answered when the oversized one arrives in the same packet."""
+    _, port = site
+    login = json.dumps({"username": "nobody", "password": "a wrong password"}).encode()
+    client = await _raw(port, b"POST /api/v1/auth/login HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (len(login), login)
+                        + (b"POST /api/v1/sessions HTTP/1.1\r\nHost: x\r\n"
+                           b"Content-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n" % GIB))
+    await until(lambda: client.closed.called, timeout=15, what="both answers")
+    first, _, rest = client.received.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 401 "), client.received[:300]
+    assert b"HTTP/1.1 413 " in rest and b"invalid_credentials" in rest.split(b"HTTP/1.1 413")[0]

@@ -1,5 +1,6 @@
 """`twistd streamspace` as an operator runs it: a real process, real signals, real exit codes."""
 
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -13,6 +14,7 @@ from tests.support.processes import (
     descendants,
     free_port,
     listening_addresses,
+    make_run,
     stop,
     twistd,
     wait_gone,
@@ -31,9 +33,10 @@ def state_dir():
 
 
 def test_embedded_start_serves_and_sigterm_leaves_no_child(state_dir):
+    """Started as `make run` starts it (scripts/run.sh, here without the local agent)."""
     port = free_port()
-    proc = twistd("streamspace", ["--port", str(port), "--interface", "127.0.0.1"],
-                  {"STREAMSPACE_STATE_DIR": str(state_dir)})
+    proc = make_run(["--port", str(port), "--interface", "127.0.0.1"],
+                    {"STREAMSPACE_STATE_DIR": str(state_dir), "STREAMSPACE_LOCAL_AGENT": "0"})
     try:
         wait_http(f"http://127.0.0.1:{port}/health", timeout=60)
         wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
@@ -54,6 +57,11 @@ def test_embedded_start_serves_and_sigterm_leaves_no_child(state_dir):
     password = creds.read_text().split("password: ")[1].strip()
     log_lines = [line for line in out.splitlines() if "[" in line and "#" in line]
     assert not any(password in line for line in log_lines)
+    # nit 3: the script adds nothing of its own; what it used to guess, the log says
+    assert re.match(r"\d{4}-\d\d-\d\dT", out), out[:500]
+    assert f"listening on http://127.0.0.1:{port}" in out
+    assert f"state directory {state_dir}" in out
+    assert f"admin credentials written to {creds}" in out
 
 
 def test_invalid_configuration_is_one_message_and_non_zero_exit(state_dir):

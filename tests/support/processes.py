@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from streamspace.processes import process_alive as alive  # re-exported for the tests
+from streamspace_common import procfs
 
 REPO = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).parent / "twistd")
@@ -24,20 +25,7 @@ def free_port() -> int:
 
 def descendants(pid: int) -> set[int]:
     """Every live descendant of `pid`, from /proc (children of children too)."""
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier:
-        parent = frontier.pop()
-        for task in Path(f"/proc/{parent}/task").glob("*"):
-            try:
-                kids = (task / "children").read_text().split()
-            except FileNotFoundError:
-                continue
-            for k in map(int, kids):
-                if k not in found:
-                    found.add(k)
-                    frontier.append(k)
-    return found
+    return set(procfs.descendants(pid))
 
 
 def wait_gone(pids: set[int], timeout: float = 20.0) -> set[int]:
@@ -59,6 +47,15 @@ def twistd(plugin: str, args: list[str], env: dict[str, str], **kwargs) -> subpr
         stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
+def make_run(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    """`scripts/run.sh`, what `make run` starts after set-up (with this virtualenv)."""
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1",
+                "PYTHONPATH": str(REPO), "VENV": str(Path(TWISTD).parent.parent), **env}
+    return subprocess.Popen([str(REPO / "scripts" / "run.sh"), *args], env=full_env,
+                            cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kwargs)
+
+
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.0) -> str:
     if proc.poll() is None:
         proc.send_signal(sig)
@@ -71,10 +68,14 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 30.
 
 
 def database_url(dsn: str) -> str:
-    """The fixtures hand out libpq key=value DSNs; operators configure DATABASE_URL."""
+    """The fixtures hand out libpq key=value DSNs; operators configure DATABASE_URL (the
+    other keys, e.g. `require_auth`, become its query parameters)."""
+    from urllib.parse import urlencode
+
     parts = {k: v.strip("'") for k, v in (item.split("=", 1) for item in dsn.split())}
-    return (f"postgresql://{parts['user']}:{parts['password']}@{parts['host']}:{parts['port']}"
-            f"/{parts['dbname']}")
+    url = (f"postgresql://{parts.pop('user')}:{parts.pop('password')}@{parts.pop('host')}:"
+           f"{parts.pop('port')}/{parts.pop('dbname')}")
+    return f"{url}?{urlencode(parts)}" if parts else url
 
 
 def listening_addresses(port: int) -> set[str]:

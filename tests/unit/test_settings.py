@@ -141,3 +141,36 @@ def test_tls_metrics_and_admin_password_settings_are_checked(tmp_path):
     for bad in ("host:9100", "0", "9100:", "x"):
         with pytest.raises(ValueError):
             host_port(bad)
+
+
+@pytest.mark.parametrize("trusted", ["127.0.0.1", "::1", "10.0.0.0/8, 127.0.0.0/30",
+                                     "0.0.0.0/0", "::ffff:127.0.0.1"])
+def test_loopback_proxies_are_refused_while_a_local_agent_shares_loopback(trusted):
+    """Should-fix 1: local sessions share the host's loopback, so trusting it would let
+    any session name its own client address and pass the login limits."""
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, ["--local-agent"], {"TRUSTED_PROXIES": trusted})
+    [problem] = info.value.problems
+    assert problem.startswith("TRUSTED_PROXIES:") and "LISTEN_UNIX" in problem
+    # without the local agent it is the operator's call (a warning at start-up)
+    assert parse(ServerOptions, [], {"TRUSTED_PROXIES": trusted})["trusted_proxies"]
+
+
+def test_proxies_off_loopback_are_fine_with_a_local_agent():
+    opts = parse(ServerOptions, ["--local-agent"], {"TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8"})
+    assert len(opts["trusted_proxies"]) == 2
+
+
+def test_listen_unix_settings_are_checked(tmp_path):
+    opts = parse(ServerOptions, [], {"LISTEN_UNIX": str(tmp_path / "http.sock"),
+                                     "LISTEN_UNIX_GROUP": "nogroup"})
+    assert opts["listen_unix"] == str(tmp_path / "http.sock")
+    with pytest.raises(ConfigError) as info:
+        parse(ServerOptions, [], {"LISTEN_UNIX": "run/http.sock",
+                                  "LISTEN_UNIX_GROUP": "no-such-group-here"})
+    assert sorted(p.split(":")[0] for p in info.value.problems) == [
+        "LISTEN_UNIX", "LISTEN_UNIX_GROUP"]
+    with pytest.raises(ConfigError, match="does not exist"):
+        parse(ServerOptions, [], {"LISTEN_UNIX": str(tmp_path / "missing" / "http.sock")})
+    with pytest.raises(ConfigError, match="only meaningful with LISTEN_UNIX"):
+        parse(ServerOptions, [], {"LISTEN_UNIX_GROUP": "nogroup"})

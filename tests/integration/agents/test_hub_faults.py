@@ -259,3 +259,50 @@ async def test_fleet_start_up_is_retried_and_ready_waits_for_it(db):
     finally:
         await fleet.service.stopService()
         await port.stopListening()
+
+
+@pytest.fixture
+def roomy_db(migrated_dsn):
+    """Enough connections that nothing here waits for the pool, only for the lock."""
+    database = Database(migrated_dsn, 8, reactor)
+    run(database.start())
+    yield database
+    database.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_waits_for_a_frame_still_being_stored(roomy_db):
+    """A report that arrives as the control plane stops (a local agent's last "session
+    stopped") must finish its transaction before the database closes: cut off, it left
+    "cursor already closed" tracebacks in the log of `make run`'s Ctrl-C. Here the
+    report's transaction waits on its session's row lock (a hibernated session, which
+    marking the agent offline does not touch) while the fleet stops."""
+    db = roomy_db
+    base, fleet, stop = await start_hub(db)
+    agent_uuid, token = await make_agent(db, "a-going")
+    sid = await make_session(db, state="hibernated", agent_uuid=agent_uuid)
+    client = await registered_client(base, "a-going", token, sessions={sid: "hibernated"})
+    locked, gate = defer.Deferred(), defer.Deferred()
+
+    async def hold(cursor):
+        await cursor.execute("SELECT 1 FROM sessions WHERE id = %s FOR UPDATE", (sid,))
+        locked.callback(None)
+        await gate
+
+    holder = defer.Deferred.fromCoroutine(db.transaction(hold))
+    await locked
+    client.frame("session_status", {"session_id": sid, "state": "failed",
+                                    "reason": "its display server died"})
+
+    async def waiting_on_the_lock():
+        rows = await db.query("SELECT count(*) FROM pg_stat_activity WHERE "
+                              "wait_event_type = 'Lock' AND datname = current_database()")
+        return rows[0][0] == 1
+
+    await poll(waiting_on_the_lock, what="the report to wait on the session's row lock")
+    stopping = defer.ensureDeferred(stop())
+    await sleep(0.3)
+    assert not stopping.called, "the fleet stopped while a frame was still being stored"
+    gate.callback(None)
+    await holder
+    await stopping
