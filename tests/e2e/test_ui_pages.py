@@ -156,6 +156,8 @@ def test_session_limit_is_explained(page, server, console):
     name = unique("limited")
     server.create_user(name, "limited-password-1", max_sessions=0)
     login(page, name, "limited-password-1")
+    # the usage line is filled once the first session list arrives
+    page.wait_for_selector("#session-usage:has-text('active sessions in use')")
     assert page.text_content("#session-usage") == "0 of 0 active sessions in use"
     page.click("#catalog [data-template='terminal'] button")
     error = page.wait_for_selector("#catalog-error:has-text('Session limit reached')")

@@ -12,6 +12,7 @@ from tests.support.hub_agents import (
     events_of,
     make_agent,
     make_session,
+    processed,
     registered_client,
     running_session,
     state_of,
@@ -124,10 +125,14 @@ async def test_waking_restarts_the_idle_clock(hub_server):
     agent_uuid, token = await make_agent(db, "a-wake")
     client = await registered_client(base, "a-wake", token)
     fleet.lifecycle.idle_timeout = 5.0
-    sid = await make_session(db, state="hibernated", agent_uuid=agent_uuid)
+    # on no agent until the scripted agent's heartbeats list it: one sent before would
+    # report the agent without it, and the session would be failed as lost
+    sid = await make_session(db, state="hibernated")
     client.reported[sid] = "hibernated"
-    await db.execute("UPDATE sessions SET last_activity = now() - interval '1 hour' "
-                     "WHERE id = %s", (sid,))
+    await processed(db, client, "a-wake")
+    await db.execute("UPDATE sessions SET agent_id = %s, "
+                     "last_activity = now() - interval '1 hour' WHERE id = %s",
+                     (agent_uuid, sid))
     from streamspace.sessions import requests
     from streamspace.sessions.moves import Actor
 
