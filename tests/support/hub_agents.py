@@ -143,6 +143,7 @@ async def registered_client(base, agent_id, token, sessions=None, capacity=None,
     if keepalive:  # heartbeats like a real agent, so only the silence test goes silent
         beat = task.LoopingCall(lambda: heartbeat(client))
         beat.start(interval, now=False)
+        client.beat = beat  # tests pause it while they change what the agent reports
         client.closed.addBoth(lambda r: (beat.running and beat.stop(), r)[1])
     return client
 

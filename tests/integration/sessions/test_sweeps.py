@@ -125,14 +125,15 @@ async def test_waking_restarts_the_idle_clock(hub_server):
     agent_uuid, token = await make_agent(db, "a-wake")
     client = await registered_client(base, "a-wake", token)
     fleet.lifecycle.idle_timeout = 5.0
-    # on no agent until the scripted agent's heartbeats list it: one sent before would
-    # report the agent without it, and the session would be failed as lost
-    sid = await make_session(db, state="hibernated")
-    client.reported[sid] = "hibernated"
+    # no heartbeat in flight while the session appears: one sent before it is listed
+    # would report the agent without it, and the session would be failed as lost
+    client.beat.stop()
     await processed(db, client, "a-wake")
-    await db.execute("UPDATE sessions SET agent_id = %s, "
-                     "last_activity = now() - interval '1 hour' WHERE id = %s",
-                     (agent_uuid, sid))
+    sid = await make_session(db, state="hibernated", agent_uuid=agent_uuid)
+    client.reported[sid] = "hibernated"
+    client.beat.start(0.5)
+    await db.execute("UPDATE sessions SET last_activity = now() - interval '1 hour' "
+                     "WHERE id = %s", (sid,))
     from streamspace.sessions import requests
     from streamspace.sessions.moves import Actor
 
