@@ -35,7 +35,8 @@ def test_agent_never_imports_the_control_plane():
 def test_shared_package_imports_neither_side():
     loaded = _loaded_after_import(["streamspace_common.wire", "streamspace_common.settings",
                                    "streamspace_common.capacity",
-                                   "streamspace_common.logs", "streamspace_common.accel"])
+                                   "streamspace_common.logs", "streamspace_common.accel",
+                                   "streamspace_common.procfs"])
     assert "streamspace_common.wire" in loaded
     sides = [m for m in loaded if m.split(".")[0] in ("streamspace", "agent")]
     assert sides == []
