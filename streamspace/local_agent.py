@@ -93,6 +93,9 @@ class LocalAgentService(Service):
             "AGENT_ID": LOCAL_AGENT_ID, "CONTROL_PLANE_URL": self.url,
             "AGENT_TOKEN_FILE": str(self.token_file), "PLATFORM": "local", "REGION": "local",
             "MAX_SESSIONS": str(self.max_sessions), "PYTHONUNBUFFERED": "1",
+            # sandboxes bind /usr, /etc, /opt whole: our state must not show there
+            "LOCAL_HIDE_PATHS": ":".join(filter(None, [os.environ.get("LOCAL_HIDE_PATHS"),
+                                                       str(self.state_dir.absolute())])),
         }
         env.pop("AGENT_TOKEN", None)
         env.pop("AGENT_STATE_DIR", None)
