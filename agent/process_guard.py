@@ -29,8 +29,8 @@ from streamspace_common import procfs
 
 log = Logger()
 
-PR_GET_DUMPABLE, PR_SET_DUMPABLE = 3, 4
-PR_SET_CHILD_SUBREAPER, PR_GET_CHILD_SUBREAPER = 36, 37
+PR_SET_DUMPABLE = 4
+PR_SET_CHILD_SUBREAPER = 36
 REAP_INTERVAL = 5.0
 
 _reaper: LoopingCall | None = None
@@ -43,16 +43,16 @@ def _prctl(option: int, value: int) -> None:
         raise OSError(err, f"prctl({option}): {os.strerror(err)}")
 
 
-def dumpable() -> bool:
-    libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) != 0
-
-
 def engage(reactor) -> None:
     """Make this process non-dumpable and a child subreaper, and start reaping orphans."""
     global _reaper
-    _prctl(PR_SET_DUMPABLE, 0)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    try:
+        _prctl(PR_SET_DUMPABLE, 0)
+        _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    except OSError as e:  # Linux always allows both; say so loudly if this one does not
+        log.error("could not harden the agent process against its sessions: {error}",
+                  error=e)
+        return
     if _reaper is None:
         _reaper = LoopingCall(reap_orphans)
         _reaper.clock = reactor

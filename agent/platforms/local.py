@@ -59,6 +59,7 @@ from agent.platforms.local_session import (
     settled,
 )
 from agent.platforms.local_store import LocalStore, SessionRecord, check_session_id
+from streamspace_common import procfs
 
 log = Logger()
 
@@ -245,6 +246,8 @@ class LocalDriver(PlatformDriver):
             await self._abandon_start(sess, waking)
             if isinstance(e, OSError):
                 raise DriverError(f"the session could not be started: {e.strerror or e}") from e
+            if isinstance(e, procfs.MissingTool):
+                raise DriverError(f"the session could not be started: {e}") from e
             raise
         sess.started.callback(None)
         log.info("session {session_id} running on display :{display} as {account}",

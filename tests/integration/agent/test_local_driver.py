@@ -491,3 +491,22 @@ async def test_what_a_killed_agent_left_in_trash_is_swept_at_start(local):
     (left / "big-file").write_bytes(b"x" * 4096)
     await local.make()
     assert list((local.state / "trash").iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_system_tool_fails_the_start_with_a_sentence(local, monkeypatch):
+    from streamspace_common import procfs
+
+    driver = await local.make()
+    real_tool = procfs.tool
+
+    def tool(name: str) -> str:
+        if name == "setsid":  # as on a machine without util-linux's setsid
+            raise procfs.MissingTool("setsid is not installed (Debian: util-linux)")
+        return real_tool(name)
+
+    monkeypatch.setattr(procfs, "tool", tool)
+    with pytest.raises(DriverError, match=r"^the session could not be started: setsid is not "
+                                          r"installed \(Debian: util-linux\)$"):
+        await driver.start_session("s1", template(), ALICE, "")
+    assert driver.list_sessions() == [] and session_accounts(local.state) == []
