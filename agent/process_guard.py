@@ -90,12 +90,14 @@ def reap_orphans() -> int:
 
 
 def leftovers() -> list[int]:
-    """Every descendant of the agent outside the process trees the reactor still tracks."""
+    """Every live descendant of the agent outside the process trees the reactor still
+    tracks (a zombie has ended already: it is only waiting to be reaped)."""
     keep: set[int] = set()
     for pid in _tracked():
         keep.add(pid)
         keep.update(procfs.descendants(pid))
-    return [pid for pid in procfs.descendants(os.getpid()) if pid not in keep]
+    return [pid for pid in procfs.descendants(os.getpid())
+            if pid not in keep and procfs.state_of(pid) not in (None, "Z")]
 
 
 def kill_leftovers() -> list[int]:
@@ -103,6 +105,7 @@ def kill_leftovers() -> list[int]:
     (only when engaged; a process that is not the agent kills nothing)."""
     if not engaged():
         return []
+    reap_orphans()  # e.g. a sandbox's init, which dies with its bwrap and lands here
     found = leftovers()
     for pid in found:
         try:
