@@ -30,6 +30,16 @@ def quantity(text: str) -> str:
     return value
 
 
+
+def absolute_paths(text: str) -> tuple[str, ...]:
+    """A colon-separated list of absolute paths (empty: none)."""
+    paths = tuple(p for p in str(text).split(":") if p.strip())
+    relative = [p for p in paths if not os.path.isabs(p)]
+    if relative:
+        raise ValueError(f"not absolute: {', '.join(relative)}")
+    return paths
+
+
 SETTINGS: list[Setting] = [
     Setting("agent-id", "AGENT_ID", None, "unique agent identifier (required)"),
     Setting("control-plane-url", "CONTROL_PLANE_URL", None,
@@ -81,6 +91,16 @@ SETTINGS: list[Setting] = [
     Setting("state-dir", "AGENT_STATE_DIR", "./.streamspace/agent",
             "directory for session homes and the executed-command journal"),
     Setting("log-level", "LOG_LEVEL", "info", "debug, info, warn or error", log_level),
+    # PLATFORM=local (docs/agent.md, "The local driver")
+    Setting("local-allow-unsandboxed", "LOCAL_ALLOW_UNSANDBOXED", "false",
+            "true: where bubblewrap cannot make a sandbox (e.g. in a container) and the agent "
+            "is not root, run local sessions anyway, unsandboxed, as the agent's own user. "
+            "Sessions can then impersonate this agent: use only for one trusted user",
+            one_of("true", "false")),
+    Setting("local-hide-paths", "LOCAL_HIDE_PATHS", "",
+            "colon-separated absolute paths sandboxes must not show where they bind a system "
+            "directory (/usr, /etc, /opt); the agent's state directory and checkout always are",
+            absolute_paths),
     # PLATFORM=docker (docs/docker.md)
     Setting("docker-host", "DOCKER_HOST", "unix:///var/run/docker.sock",
             "Docker engine of the docker platform: unix:///PATH or tcp://HOST:PORT"),

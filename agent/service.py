@@ -2,13 +2,17 @@
 
 `build_agent` wires driver, journal, executor, tunnels and the control connection (no
 logic), holding the state directory's lock (agent/state_lock.py) from before the journal is
-opened until the very end of `stopService`. `AgentService.startService` awaits the driver's discovery (`driver.start()`) before
-the control connection starts, so the first `register` reports what really runs.
+opened until the very end of `stopService`. `AgentService.startService` awaits the driver's
+discovery (`driver.start()`) before the control connection starts, so the first `register`
+reports what really runs. With `guard_process` (`twistd agent`), `startService` first
+hardens the process against its sessions (agent/process_guard.py: not dumpable, a
+subreaper that kills what sessions leave behind).
 `stopService` drains in an order that keeps the control plane told: new commands are
 refused, tunnels are closed, the driver shuts down by its own policy (the local driver
 stops its sessions, which are the agent's children, and they are reported as
-`session_status` failed; container platforms leave theirs running), running commands get
-a moment to answer, and only then is the control channel closed with 1000.
+`session_status` failed; container platforms leave theirs running), anything sessions
+left below the agent is killed, running commands get a moment to answer, and only then is
+the control channel closed with 1000.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from twisted.application import service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from agent import process_guard
 from agent.channel import AgentChannel
 from agent.commands import CommandExecutor
 from agent.control import PING_INTERVAL, PING_TIMEOUT, ControlService
@@ -37,15 +42,19 @@ COMMAND_DRAIN_SECONDS = 5.0
 class AgentService(service.MultiService):
     def __init__(self, reactor, driver: PlatformDriver, channel: AgentChannel,
                  executor: CommandExecutor, tunnels: TunnelManager,
-                 journal: CommandJournal, state_lock: StateDirLock) -> None:
+                 journal: CommandJournal, state_lock: StateDirLock,
+                 guard_process: bool = False) -> None:
         super().__init__()
         self.reactor = reactor
         self.driver, self.channel, self.executor = driver, channel, executor
         self.tunnels, self.journal, self.state_lock = tunnels, journal, state_lock
+        self.guard_process = guard_process
 
     def startService(self) -> None:
         service.Service.startService(self)
         self.state_lock.record_pid()  # twistd may have forked since makeService
+        if self.guard_process:  # after any fork too: a subreaper's children do not inherit it
+            process_guard.engage(self.reactor)
         self._discovered = defer.maybeDeferred(self.driver.start)
         self._discovered.addCallback(self._start_children)
         self._discovered.addErrback(self._discovery_failed)
@@ -82,6 +91,7 @@ class AgentService(service.MultiService):
             log.failure("stopping sessions at shutdown")
         for session_id in stopped:
             self.channel.session_status(session_id, "failed", SHUTDOWN_REASON)
+        process_guard.kill_leftovers()
         running = self.executor.running()
         if running:
             waiting = defer.DeferredList(running, consumeErrors=True)
@@ -104,8 +114,10 @@ def build_agent(reactor, *, agent_id: str, address: ControlPlaneAddress, token: 
                 driver: PlatformDriver, state_dir: Path, region: str = "",
                 heartbeat_interval: float = 10.0, retry_policy=None,
                 state_lock: StateDirLock | None = None, ping_interval: float = PING_INTERVAL,
-                ping_timeout: float = PING_TIMEOUT) -> AgentService:
-    """Raises StateDirLocked if another agent holds `state_dir`."""
+                ping_timeout: float = PING_TIMEOUT, guard_process: bool = False
+                ) -> AgentService:
+    """Raises StateDirLocked if another agent holds `state_dir`. `guard_process`: this is
+    the agent's own process (`twistd agent`), to harden (agent/process_guard.py)."""
     state_lock = (state_lock or StateDirLock(Path(state_dir))).acquire()
     channel = AgentChannel(agent_id=agent_id, platform_name=driver.name, region=region,
                            driver=driver, clock=reactor, heartbeat_interval=heartbeat_interval)
@@ -114,7 +126,8 @@ def build_agent(reactor, *, agent_id: str, address: ControlPlaneAddress, token: 
     executor = CommandExecutor(driver, tunnels, journal, channel.emit, channel.server_now,
                                reactor)
     channel.command_handler = executor.handle
-    agent = AgentService(reactor, driver, channel, executor, tunnels, journal, state_lock)
+    agent = AgentService(reactor, driver, channel, executor, tunnels, journal, state_lock,
+                         guard_process=guard_process)
     ControlService(reactor, address, token, channel, retry_policy, ping_interval=ping_interval,
                    ping_timeout=ping_timeout).setServiceParent(agent)
     return agent

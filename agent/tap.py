@@ -65,4 +65,4 @@ def _build(reactor, options, token: str, address: ControlPlaneAddress, state_dir
     return build_agent(reactor, agent_id=options["agent_id"], address=address, token=token,
                        driver=driver, state_dir=state_dir, region=options["region"],
                        heartbeat_interval=options["heartbeat_interval"],
-                       state_lock=state_lock)
+                       state_lock=state_lock, guard_process=True)

@@ -53,7 +53,7 @@ STOP_GRACE = 20.0
 PASSED_NAMES = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR",
     "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR",
-    "LOG_LEVEL", "HEARTBEAT_INTERVAL", "MAX_CPU", "MAX_MEMORY",
+    "LOG_LEVEL", "HEARTBEAT_INTERVAL", "MAX_CPU", "MAX_MEMORY", "LOCAL_ALLOW_UNSANDBOXED",
 })
 PASSED_PREFIXES = ("LC_",)
 
@@ -118,6 +118,9 @@ class LocalAgentService(Service):
             "AGENT_ID": LOCAL_AGENT_ID, "CONTROL_PLANE_URL": self.url,
             "AGENT_TOKEN_FILE": str(self.token_file), "PLATFORM": "local", "REGION": "local",
             "MAX_SESSIONS": str(self.max_sessions), "PYTHONUNBUFFERED": "1",
+            # sandboxes bind /usr, /etc, /opt whole: our state must not show there
+            "LOCAL_HIDE_PATHS": ":".join(filter(None, [os.environ.get("LOCAL_HIDE_PATHS"),
+                                                       str(self.state_dir.absolute())])),
         }
         if self.ca_file:
             fixed["CONTROL_PLANE_CA_FILE"] = self.ca_file

@@ -7,9 +7,13 @@ process group. Stop asks both to end (SIGTERM inside the sandbox, SIGKILL after 
 period), sweeps anything of the session left, frees the display and, with the user's last
 session, the account. Hibernate does the same but keeps the home; wake starts again on it.
 
-What this machine can isolate is probed at `start()`. Without isolation (the agent is not
-root, or bubblewrap cannot make namespaces) sessions of only one user run at a time, and a
-start for another user fails saying why; as root without a sandbox, none runs.
+What this machine can isolate is probed at `start()`. Without accounts (the agent is not
+root) sessions of only one user run at a time, and a start for another user fails saying
+why. Without any sandbox none runs: as root, since it would run as root; otherwise since
+it could impersonate the agent, unless the operator allows it (`allow_unsandboxed`,
+LOCAL_ALLOW_UNSANDBOXED) for an agent of one trusted user. Then the agent process, made
+a subreaper by `twistd agent` (agent/process_guard.py), kills whatever sessions left below
+it once the last one has ended.
 
 Shutdown policy (`outlives_agent` False): sessions are children of the agent, so stopping
 the agent stops them (`shutdown`), and sandboxes die with the agent (`--die-with-parent`)
@@ -20,20 +24,16 @@ state directory, stale sandboxes (X locks and sockets) and this agent's accounts
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 from twisted.internet import defer
-from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import ConnectError, ProcessDone
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.error import ProcessDone
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from agent.platforms import procgroup, sandbox, xvnc
+from agent import process_guard
+from agent.platforms import blocking, procgroup, sandbox, xvnc
 from agent.platforms.base import (
     HIBERNATED,
     RUNNING,
@@ -47,54 +47,21 @@ from agent.platforms.base import (
     UserRef,
     check_capacity,
 )
-from agent.platforms.local_accounts import Account, AccountManager
-from agent.platforms.local_processes import ProcessLauncher, SessionLaunch
+from agent.platforms.local_accounts import AccountManager
+from agent.platforms.local_processes import ProcessLauncher
+from agent.platforms.local_session import (
+    LocalSession,
+    SessionRunner,
+    SessionVncEndpoint,
+    owner_of,
+    printable,
+    private_paths,
+    settled,
+)
 from agent.platforms.local_store import LocalStore, SessionRecord, check_session_id
+from streamspace_common import procfs
 
 log = Logger()
-
-_GEOMETRY = re.compile(r"^\d{3,5}x\d{3,5}$")
-
-
-@dataclass(eq=False)
-class _Session:
-    record: SessionRecord
-    template: SessionTemplate
-    state: str = "starting"  # starting -> running -> stopping
-    display: int | None = None
-    account: Account | None = None
-    vnc_dir_fd: int | None = None  # open while Xvnc may listen: the way to its socket
-    xvnc: procgroup.GroupProcess | None = None
-    app: procgroup.GroupProcess | None = None
-    aborted: bool = False
-    started: defer.Deferred = field(default_factory=defer.Deferred)
-    stopped: defer.Deferred = field(default_factory=defer.Deferred)
-
-    @property
-    def session_id(self) -> str:
-        return self.record.session_id
-
-    def rfb_endpoint(self, reactor) -> IStreamClientEndpoint:
-        if self.vnc_dir_fd is None:
-            raise ConnectError(string="the session's VNC server is gone")
-        return UNIXClientEndpoint(reactor, f"/proc/self/fd/{self.vnc_dir_fd}/{xvnc.RFB_SOCKET}",
-                                  timeout=10)
-
-
-@implementer(IStreamClientEndpoint)
-class SessionVncEndpoint:
-    """The way to one running session's VNC server, checked when it is dialled: a session
-    stopped in between (whose descriptor number may be reused) is refused, never reached
-    through another session's socket."""
-
-    def __init__(self, driver: LocalDriver, sess: _Session) -> None:
-        self._driver, self._sess = driver, sess
-
-    def connect(self, factory):
-        sess = self._sess
-        if self._driver._sessions.get(sess.session_id) is not sess or sess.state != "running":
-            return defer.fail(ConnectError(string="the session is not running any more"))
-        return sess.rfb_endpoint(self._driver.reactor).connect(factory)
 
 
 class LocalDriver(PlatformDriver):
@@ -103,16 +70,19 @@ class LocalDriver(PlatformDriver):
     def __init__(self, reactor, state_dir: Path, capacity: Capacity, *,
                  rfb_timeout: float = 15.0, stop_grace: float = 5.0,
                  displays: xvnc.DisplayAllocator | None = None,
-                 isolation: sandbox.Isolation | None = None) -> None:
+                 isolation: sandbox.Isolation | None = None,
+                 allow_unsandboxed: bool = False, hide: Iterable[str] = ()) -> None:
         super().__init__(capacity)
         self.reactor = reactor
         self.store = LocalStore(state_dir, reactor)
-        self.rfb_timeout, self.stop_grace = rfb_timeout, stop_grace
         self.displays = displays or xvnc.DisplayAllocator()
+        self.runner = SessionRunner(reactor, self.store, self.displays, rfb_timeout,
+                                    stop_grace)
         self.isolation = isolation  # probed by start() unless given
+        self.allow_unsandboxed = allow_unsandboxed
+        self.hidden = private_paths(self.store.root, hide)
         self.accounts = AccountManager(reactor, self.store.root)
-        self.launcher = ProcessLauncher(reactor, None)
-        self._sessions: dict[str, _Session] = {}
+        self._sessions: dict[str, LocalSession] = {}
         # hibernated session -> its user id: records kept for a wake (cached: no disk
         # reads on the heartbeat path)
         self._hibernated: dict[str, str] = {}
@@ -126,8 +96,9 @@ class LocalDriver(PlatformDriver):
         """Learn what this machine can isolate, then reap what a previous agent run left
         behind (it was killed, not stopped): processes, stale sandboxes, accounts."""
         if self.isolation is None:
-            self.isolation = await sandbox.probe(self.reactor)
-        self.launcher = ProcessLauncher(self.reactor, self.isolation.bwrap)
+            self.isolation = await sandbox.probe(self.reactor,
+                                                 allow_unsandboxed=self.allow_unsandboxed)
+        self.runner.launcher = ProcessLauncher(self.reactor, self.isolation.bwrap, self.hidden)
         if self.isolation.refuse_all:
             log.error("local sessions cannot run on this agent: {problem}",
                       problem=self.isolation.problem)
@@ -136,15 +107,18 @@ class LocalDriver(PlatformDriver):
                      "({problem}): this agent runs sessions of one user at a time",
                      problem=self.isolation.problem)
         marker = f"STREAMSPACE_AGENT_DIR={self.store.root}"
-        orphans = procgroup.pids_with_environ(marker)
+        orphans = await blocking.run(self.reactor, procgroup.pids_with_environ, marker)
         procgroup.kill_pids(orphans)
+        await self.store.sweep_trash()
         for record in self.store.records():
             if record.state in ("starting", "running"):
                 # an Xvnc killed mid-start leaves its lock and socket: in the sandbox's
-                # private /tmp (removed with it), or in the host's /tmp without a sandbox
+                # private /tmp (removed with it) and our placeholder lock on the host, or
+                # both in the host's /tmp without a sandbox
                 self.store.discard_sandbox(record.session_id)
-                if record.display is not None and not self.launcher.sandboxed:
-                    xvnc.remove_display_files(record.display, record.xvnc_pid)
+                if record.display is not None:
+                    xvnc.remove_display_files(record.display, record.xvnc_pid,
+                                              socket=not self.runner.launcher.sandboxed)
                 record.state = "ended"
                 self.store.save(record)
             elif record.state == "hibernated":
@@ -189,7 +163,8 @@ class LocalDriver(PlatformDriver):
         sess = self._sessions.get(session_id)
         if sess is None or sess.state != "running" or sess.vnc_dir_fd is None:
             return defer.fail(DriverError("the session is not running on this agent"))
-        return defer.succeed(SessionVncEndpoint(self, sess))
+        return defer.succeed(SessionVncEndpoint(
+            self.reactor, sess, lambda s: self._sessions.get(s.session_id) is s))
 
     def usage(self) -> Usage:
         active = list(self._sessions.values())
@@ -239,11 +214,11 @@ class LocalDriver(PlatformDriver):
         if current is not None and current.state == "stopping":
             # e.g. a Restart right after the application exited: its teardown (processes,
             # account) is still under way; start afresh once it is done
-            await _settled(current.stopped)
+            await settled(current.stopped)
             current = self._sessions.get(session_id)
         if current is not None:
             if current.state == "starting":
-                await _settled(current.started)
+                await settled(current.started)
             if current.state == "running":
                 return
             raise DriverError("the session could not be started")
@@ -255,35 +230,51 @@ class LocalDriver(PlatformDriver):
         check_capacity(self.capacity, self.usage(), template)
         home = self.store.home_for(session_id, template, user)
         record = SessionRecord(session_id=session_id, template=template.name,
-                               user_id=user.id, username=_printable(user.username),
-                               name=_printable(name),
+                               user_id=user.id, username=printable(user.username),
+                               name=printable(name),
                                persistent_home=template.persistent_home, home=str(home),
                                state="starting")
-        sess = _Session(record=record, template=template)
+        sess = LocalSession(record=record, template=template)
         self._sessions[session_id] = sess
         self._hibernated.pop(session_id, None)
         try:
-            created = False
             if self.isolation is not None and self.isolation.accounts:
-                sess.account, created = await self.accounts.acquire(user.id, session_id)
-            await self.store.prepare(record, _owner(sess.account), reown=created)
+                sess.account = await self.accounts.acquire(user.id, session_id)
+            await self.store.prepare(record, owner_of(sess.account))
             await self._launch(sess, command)
         except BaseException as e:
-            await self._teardown(sess)
-            if waking:
-                record.state = "hibernated"
-                self.store.save(record)
-                self._hibernated[session_id] = record.user_id
-            else:
-                await self.store.forget(session_id, keep_home=template.persistent_home)
-            sess.started.callback(None)
+            await self._abandon_start(sess, waking)
             if isinstance(e, OSError):
                 raise DriverError(f"the session could not be started: {e.strerror or e}") from e
+            if isinstance(e, procfs.MissingTool):
+                raise DriverError(f"the session could not be started: {e}") from e
             raise
         sess.started.callback(None)
         log.info("session {session_id} running on display :{display} as {account}",
                  session_id=session_id, display=sess.display,
                  account=sess.account.name if sess.account else "the agent's user")
+
+    async def _abandon_start(self, sess: LocalSession, waking: bool) -> None:
+        """Undo a start that failed or was cancelled. Whatever fails here is logged, and
+        `started` fires in any case: a stop or a start waiting for it must never hang."""
+        try:
+            try:
+                await self._teardown(sess)
+            except Exception:
+                log.failure("stopping session {session_id} after its start failed",
+                            session_id=sess.session_id)
+            if waking:  # the session stays hibernated: its record and home are kept
+                sess.record.state = "hibernated"
+                self.store.save(sess.record)
+                self._hibernated[sess.session_id] = sess.record.user_id
+            else:
+                await self.store.forget(sess.session_id,
+                                        keep_home=sess.template.persistent_home)
+        except Exception:
+            log.failure("forgetting session {session_id} after its start failed",
+                        session_id=sess.session_id)
+        finally:
+            sess.started.callback(None)
 
     def _check_isolation(self, session_id: str, user: UserRef) -> None:
         """Refuse what this machine cannot run safely, saying why (see `sandbox.probe`)."""
@@ -301,56 +292,11 @@ class LocalDriver(PlatformDriver):
                 "this agent already runs sessions of another user and cannot isolate users "
                 f"from each other ({iso.problem}); try again when those have ended")
 
-    async def _launch(self, sess: _Session, command: str) -> None:
-        local = sess.template.platform("local")
-        geometry = str(local.get("geometry") or "1280x800")
-        if not _GEOMETRY.match(geometry):
-            raise DriverError(f"template geometry {geometry!r} is not WIDTHxHEIGHT")
-        desktop = (sess.record.name or sess.template.display_name or sess.template.name)[:64]
-        tried: set[int] = set()
-        problem = ""
-        launch = None
-        for _attempt in range(3):
-            launch = self._new_launch(sess, avoid=tried)
-            tried.add(launch.display)
-            proc = self.launcher.xvnc(launch, geometry, desktop)
-            sess.xvnc = proc
-            # saved before waiting: a next agent run must find what a kill now leaves
-            sess.record.display, sess.record.xvnc_pid = launch.display, proc.pid
-            self.store.save(sess.record)
-            try:
-                await xvnc.wait_for_rfb(self.reactor, lambda: sess.rfb_endpoint(self.reactor),
-                                        self.rfb_timeout,
-                                        gave_up=lambda p=proc: not p.running or sess.aborted)
-                break
-            except xvnc.RfbNotReady as e:
-                problem = f"{e}: {proc.log_tail()}" if proc.log_tail() else str(e)
-                await self._kill_display(sess)
-                if sess.aborted:
-                    raise DriverError("the session was stopped while it was starting") from e
-        else:
-            raise DriverError(f"the VNC server could not start ({problem})")
-        assert launch is not None
-        sess.app = self.launcher.app(launch, command, sess.template.env,
-                                     sess.record.username, sess.record.name)
-        sess.state = "running"
-        sess.record.state = "running"
-        sess.record.app_pid = sess.app.pid
-        self.store.save(sess.record)
+    async def _launch(self, sess: LocalSession, command: str) -> None:
+        await self.runner.launch(sess, command)
+        assert sess.xvnc is not None and sess.app is not None
         sess.xvnc.wait().addCallback(lambda _: self._process_ended(sess, "xvnc"))
         sess.app.wait().addCallback(lambda _: self._process_ended(sess, "app"))
-
-    def _new_launch(self, sess: _Session, avoid: set[int]) -> SessionLaunch:
-        """A display, a fresh sandbox directory and the agent's way to its VNC socket."""
-        display = self.displays.allocate(avoid=avoid)
-        sess.display = display
-        paths = self.store.fresh_sandbox(sess.session_id, _owner(sess.account))
-        sess.vnc_dir_fd = os.open(paths.vnc, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        return SessionLaunch(
-            session_id=sess.session_id, display=display, paths=paths, home=sess.record.home,
-            account=sess.account,
-            markers=xvnc.x_environment_markers(self.store.root, sess.session_id),
-            run_dir=self.store.run_dir(sess.session_id), vnc_dir_fd=sess.vnc_dir_fd)
 
     async def _stop(self, session_id: str, purge: bool = False) -> None:
         check_session_id(session_id)
@@ -383,19 +329,19 @@ class LocalDriver(PlatformDriver):
         self._hibernated[session_id] = sess.record.user_id
         log.info("session {session_id} hibernated", session_id=session_id)
 
-    async def _halt(self, sess: _Session) -> None:
+    async def _halt(self, sess: LocalSession) -> None:
         """Bring a session of ours to no processes at all, whatever state it is in."""
         if sess.state == "starting":
             sess.aborted = True
-            await _settled(sess.started)
+            await settled(sess.started)
         if sess.state == "stopping":
-            await _settled(sess.stopped)
+            await settled(sess.stopped)
         elif self._sessions.get(sess.session_id) is sess:
             await self._teardown(sess)
 
     # -- processes -----------------------------------------------------------------------
 
-    def _process_ended(self, sess: _Session, which: str) -> None:
+    def _process_ended(self, sess: LocalSession, which: str) -> None:
         """A session process ended; if nobody asked for it, tell the control plane."""
         if sess.state != "running" or self._sessions.get(sess.session_id) is not sess:
             return
@@ -421,63 +367,36 @@ class LocalDriver(PlatformDriver):
             lambda f: log.failure("cleaning up session {session_id}", f,
                                   session_id=sess.session_id))
 
-    async def _teardown(self, sess: _Session) -> None:
+    async def _teardown(self, sess: LocalSession) -> None:
+        """Stop everything of the session. Each step runs even if one before it failed
+        (a failure is logged): a half-torn-down session would keep its account."""
         sess.state = "stopping"
+
+        async def step(what: str, action) -> None:
+            try:
+                await action()
+            except Exception:
+                log.failure("stopping session {session_id}: {what}",
+                            session_id=sess.session_id, what=what)
+
         try:
-            # Both at once: an X client that ignores SIGTERM while it starts up still exits
-            # when its display goes away.
-            stopping = [defer.ensureDeferred(self._kill_display(sess))]
-            if sess.app is not None:
-                stopping.append(defer.ensureDeferred(
-                    procgroup.terminate_group(sess.app, self.reactor, self.stop_grace)))
-            await defer.gatherResults(stopping, consumeErrors=True)
-            # anything of this session that left its process group (daemons, setsid'd kids)
-            procgroup.kill_pids(procgroup.pids_with_environ(
-                *[f"{k}={v}" for k, v in
-                  xvnc.x_environment_markers(self.store.root, sess.session_id).items()]))
-            self.store.discard_sandbox(sess.session_id)
-            if sess.account is not None:
-                sess.account = None
-                await self.accounts.release(sess.record.user_id, sess.session_id)
+            await step("its processes", lambda: self.runner.stop_processes(sess))
+            await step("processes that left its group", lambda: self.runner.kill_escaped(sess))
+            await step("its sandbox directory",
+                       lambda: self.store.discard_sandbox(sess.session_id))
         finally:
-            if self._sessions.get(sess.session_id) is sess:
-                del self._sessions[sess.session_id]
-            if not sess.stopped.called:
-                sess.stopped.callback(None)
-
-    async def _kill_display(self, sess: _Session) -> None:
-        proc, display = sess.xvnc, sess.display
-        if proc is not None:
-            await procgroup.terminate_group(proc, self.reactor, self.stop_grace)
-        if sess.vnc_dir_fd is not None:
-            os.close(sess.vnc_dir_fd)
-            sess.vnc_dir_fd = None
-        if display is not None:
-            if not self.launcher.sandboxed:
-                xvnc.remove_display_files(display, proc.pid if proc else None)
-            self.displays.release(display)
-        sess.display = None
-
-
-def _owner(account: Account | None) -> tuple[int, int] | None:
-    return (account.uid, account.gid) if account is not None else None
-
-
-def _printable(text: str, limit: int = 128) -> str:
-    """User-supplied names go into argv and the environment: no control characters."""
-    return "".join(c for c in str(text) if c.isprintable())[:limit]
-
-
-async def _settled(d: defer.Deferred) -> None:
-    """Wait for a notification Deferred (fires with None) without taking it from others."""
-    waiter: defer.Deferred = defer.Deferred()
-
-    def relay(result):
-        waiter.callback(None)
-        return result
-
-    d.addBoth(relay)
-    await waiter
+            try:
+                self.runner.stop_reading(sess)
+                if sess.account is not None:
+                    sess.account = None
+                    await self.accounts.release(sess.record.user_id, sess.session_id)
+            finally:
+                if self._sessions.get(sess.session_id) is sess:
+                    del self._sessions[sess.session_id]
+                if not self._sessions:
+                    process_guard.kill_leftovers()  # nobody's session runs: nothing may
+                if not sess.stopped.called:
+                    sess.stopped.callback(None)
 
 
 def build_driver(reactor, options, state_dir: Path, capacity: Capacity) -> LocalDriver:
@@ -485,4 +404,6 @@ def build_driver(reactor, options, state_dir: Path, capacity: Capacity) -> Local
     if shutil.which("Xvnc") is None:
         log.error("Xvnc is not installed (Debian: tigervnc-standalone-server): local "
                   "sessions will fail to start")
-    return LocalDriver(reactor, state_dir, capacity)
+    return LocalDriver(reactor, state_dir, capacity,
+                       allow_unsandboxed=options["local_allow_unsandboxed"] == "true",
+                       hide=options["local_hide_paths"])

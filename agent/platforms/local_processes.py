@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.platforms import procgroup, sandbox, xvnc
+from agent.platforms import blocking, procgroup, sandbox, xvnc
 from agent.platforms.local_accounts import Account
 from agent.platforms.local_store import SandboxPaths
 
@@ -41,9 +41,10 @@ class SessionLaunch:
 
 
 class ProcessLauncher:
-    def __init__(self, reactor, bwrap: str | None) -> None:
+    def __init__(self, reactor, bwrap: str | None, hidden: tuple[str, ...] = ()) -> None:
         self.reactor = reactor
         self.bwrap = bwrap
+        self.hidden = hidden  # paths a sandbox must not show (see sandbox.hidden_under)
 
     @property
     def sandboxed(self) -> bool:
@@ -101,7 +102,7 @@ class ProcessLauncher:
             binds=binds, ro_binds=[(str(launch.paths.xauthority),
                                     f"{sandbox.RUN_DIR}/Xauthority")],
             env=env, cwd=cwd, command=argv, run_as=run_as, unprivileged=run_as is None,
-            private_tmp=str(launch.paths.tmp))
+            private_tmp=str(launch.paths.tmp), hidden=self.hidden)
         args_fd = sandbox.args_pipe(args)
         try:
             # bwrap itself gets only the markers: the agent finds the sandbox by them
@@ -110,6 +111,7 @@ class ProcessLauncher:
                 {"PATH": "/usr/bin:/bin", **launch.markers}, "/", log, extra_fds={3: args_fd})
         finally:
             os.close(args_fd)
-        proc.polite_stop = lambda: sandbox.ask_to_stop(proc.pid) if proc.pid else None
+        proc.polite_stop = lambda: (blocking.run(self.reactor, sandbox.ask_to_stop, proc.pid)
+                                    if proc.pid else None)
         proc.signal_in_status = True
         return proc

@@ -14,7 +14,17 @@ Layout under the agent's state directory (every directory 0700, the agent's own)
 What the session's account must use (its home, tmp/, vnc/, Xauthority) is owned by that
 account; everything else stays the agent's, so a session reaches only what its sandbox
 mounts. The record survives hibernate (and agent restarts), so wake finds the same home
-again. Large trees are deleted (and re-owned) off the reactor thread.
+again. Large trees are deleted (through trash/, swept again at start-up) and re-owned on
+the local platform's thread pool, never on the reactor.
+
+Re-owning a kept home (its user's account got another uid after a collision, see
+local_accounts.py) runs as root over a tree the session wrote, so it must not be steered
+out of the home: it walks with `os.fwalk` (directory descriptors, never a symlink
+followed), changes each entry relative to its directory's descriptor without following
+a symlink, changes only what the home's previous owner owned (a hard link to a file of
+someone else's stays theirs), and the top directory last (a walk cut short is done again
+next time). A per-home lock keeps a second session of the same home from starting before
+the walk is over.
 """
 
 from __future__ import annotations
@@ -23,13 +33,15 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from twisted.internet import defer, threads
+from twisted.internet import defer
 
+from agent.platforms import blocking
 from agent.platforms.base import DriverError, SessionTemplate, UserRef
 
 Owner = tuple[int, int]  # (uid, gid) of a session's account; None: the agent's own user
@@ -69,6 +81,7 @@ class LocalStore:
         self.sessions_dir = self.root / "sessions"
         self.homes_dir = self.root / "homes"
         self._trash = self.root / "trash"
+        self._home_locks: dict[str, defer.DeferredLock] = {}
 
     def run_dir(self, session_id: str) -> Path:
         return self.sessions_dir / session_id
@@ -81,21 +94,24 @@ class LocalStore:
     def sandbox_dir(self, session_id: str) -> Path:
         return self.run_dir(session_id) / "sandbox"
 
-    def prepare(self, record: SessionRecord, owner: Owner | None, reown: bool = False
-                ) -> defer.Deferred[None]:
-        """The record's directories, its home owned by `owner`: a kept home is re-owned
-        (the whole tree, off the reactor) when `reown` (the user's account is new) or when
-        it belonged to another uid."""
+    async def prepare(self, record: SessionRecord, owner: Owner | None) -> None:
+        """The record's directories, its home owned by `owner` (re-owned, safely and off
+        the reactor, when it belonged to another uid)."""
         for path in (self.sessions_dir, self.homes_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.run_dir(record.session_id).mkdir(exist_ok=True, mode=0o700)
         home = Path(record.home)
         home.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.save(record)
-        if owner is None or (not reown and home.stat().st_uid == owner[0]):
-            return defer.succeed(None)
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
-                                         _chown_tree, home, owner)
+        if owner is None:
+            return
+        lock = self._home_locks.setdefault(str(home), defer.DeferredLock())
+        try:
+            async with lock:
+                await blocking.run(self.reactor, reown_tree, home, owner)
+        finally:
+            if not lock.locked and not lock.waiting:
+                self._home_locks.pop(str(home), None)
 
     def fresh_sandbox(self, session_id: str, owner: Owner | None) -> SandboxPaths:
         """A new sandbox/ for a (re)start: an empty private /tmp, a VNC socket directory
@@ -172,7 +188,18 @@ class LocalStore:
             for path in moved:
                 shutil.rmtree(path, ignore_errors=True)
 
-        return threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), delete)
+        return blocking.run(self.reactor, delete)
+
+    def sweep_trash(self) -> defer.Deferred[None]:
+        """Delete what a killed agent left in trash/ (a delete it had not finished)."""
+        trash = self._trash
+
+        def sweep() -> None:
+            if trash.is_dir():
+                for entry in trash.iterdir():
+                    shutil.rmtree(entry, ignore_errors=True)
+
+        return blocking.run(self.reactor, sweep)
 
 
 @dataclass(frozen=True)
@@ -192,13 +219,27 @@ class SandboxPaths:
         return self.root / "Xauthority"
 
 
-def _chown_tree(top: Path, owner: Owner) -> None:
-    """Give a kept home to the user's current account (symlinks themselves, not targets)."""
+def reown_tree(top: Path, owner: Owner) -> bool:
+    """Give a kept home to the user's current account, if it is not already theirs;
+    returns whether it was re-owned. Blocking (a walk of the whole tree): run on a thread.
+
+    Safe against the tree's contents (see the module's docstring): every entry is found
+    and changed through its directory's descriptor, symlinks are changed themselves and
+    never followed, and only entries of the previous owner are given away."""
     uid, gid = owner
-    os.lchown(top, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in dirnames + filenames:
-            try:
-                os.lchown(os.path.join(dirpath, name), uid, gid)
-            except OSError:
-                pass
+    top_stat = os.stat(top, follow_symlinks=False)
+    if not stat.S_ISDIR(top_stat.st_mode):
+        raise DriverError(f"the home {top} is not a directory")
+    previous = top_stat.st_uid
+    if (previous, top_stat.st_gid) == (uid, gid):
+        return False
+    if previous != 0:  # a home the agent (root) just made has nothing in it to give away
+        for _dirpath, dirnames, filenames, dir_fd in os.fwalk(top, follow_symlinks=False):
+            for name in dirnames + filenames:
+                try:
+                    if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_uid == previous:
+                        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+                except OSError:
+                    continue  # gone or replaced meanwhile: nothing of ours to change
+    os.chown(top, uid, gid, follow_symlinks=False)
+    return True

@@ -11,28 +11,34 @@ Each session process (its Xvnc, its application) runs as
       --die-with-parent --new-session --clearenv --setenv ...
       -- setpriv --reuid U --regid G --clear-groups --no-new-privs ... -- <command>
 
-so it sees none of the host's other files (no state directory of the agent or the control
-plane, no /run, /var, /home, /root, /work...), none of its processes or their environment,
-and no capabilities. The agent runs bwrap as root and drops to the session's account inside
+so it sees none of the host's other files (no /run, /var, /home, /root, /work...), none of
+its processes or their environment, and no capabilities. Directories that must stay
+private but lie under a bound system directory (the agent's state directory, the control
+plane's, the checkout, e.g. `/opt/streamspace/.streamspace`) are covered by an empty
+read-only tmpfs (`hidden`). The agent runs bwrap as root and drops to the session's account inside
 (no user namespace needed); an agent that is not root runs bwrap unprivileged (bwrap then
 makes a user namespace) as itself. The network namespace is shared: applications need the
 network, and the X and VNC servers are protected by credentials instead (see xvnc.py).
 
 `probe` runs one real sandbox at start-up, so an agent knows (and says) whether it can
-isolate sessions before it runs any.
+isolate sessions before it runs any. With no sandbox at all, sessions would run as the
+agent's own user with nothing between them and the agent (its token file, its /proc, its
+state directory): they could impersonate it and receive every user's sessions. So then
+no session runs, unless the operator opts in (`LOCAL_ALLOW_UNSANDBOXED`) for an agent
+that serves one trusted user.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet import defer, protocol
 
-SETPRIV = shutil.which("setpriv") or "/usr/bin/setpriv"
+from streamspace_common import procfs
+
 SYSTEM_DIRS = ("/usr", "/etc", "/opt")
 ROOT_LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 OPTIONAL_DIRS = ("/var/cache/fontconfig", "/var/lib/dbus")
@@ -46,7 +52,7 @@ class Isolation:
     `isolated`: each user's sessions run as their own account inside a sandbox, so several
     users may share the agent. Otherwise `problem` says why not, and the driver runs
     sessions of one user at a time (`refuse_all`: none at all, when the only way would be
-    to run them as root or with the agent's state reachable).
+    to run them as root, or without a sandbox and the operator did not opt in).
     """
 
     accounts: bool
@@ -59,10 +65,17 @@ class Isolation:
         return self.accounts and self.bwrap is not None and not self.problem
 
 
-async def probe(reactor, bwrap: str | None = None, as_root: bool | None = None
-                ) -> Isolation:
+ALLOW_UNSANDBOXED = "LOCAL_ALLOW_UNSANDBOXED"
+
+
+async def probe(reactor, bwrap: str | None = None, as_root: bool | None = None,
+                allow_unsandboxed: bool = False) -> Isolation:
     """Run a real sandbox (as a session would run) and tell what this machine can do."""
-    bwrap = bwrap if bwrap is not None else shutil.which("bwrap")
+    if bwrap is None:
+        try:
+            bwrap = procfs.tool("bwrap")
+        except procfs.MissingTool:
+            bwrap = None
     as_root = os.geteuid() == 0 if as_root is None else as_root
     broken = ""
     if bwrap is None or not os.access(bwrap, os.X_OK):
@@ -92,8 +105,14 @@ async def probe(reactor, bwrap: str | None = None, as_root: bool | None = None
         return Isolation(accounts=True, bwrap=bwrap)
     problem = ("the agent does not run as root, so it cannot give each user an account of "
                "their own")
+    if broken and not allow_unsandboxed:
+        return Isolation(accounts=False, bwrap=None, refuse_all=True, problem=(
+            f"{broken}; without a sandbox a session runs as the agent's own user and could "
+            "read its token and impersonate it, so it runs none (an operator may allow it "
+            f"with {ALLOW_UNSANDBOXED}=true, only for an agent that serves one trusted user)"))
     if broken:
-        problem += f", and {broken}"
+        problem += (f", and {broken}: sessions run without a sandbox as the agent's own user "
+                    f"({ALLOW_UNSANDBOXED}=true) and can impersonate this agent")
     return Isolation(accounts=False, bwrap=bwrap, problem=problem)
 
 
@@ -122,11 +141,12 @@ async def _run_with_args_fd(reactor, argv: list[str], fd: int) -> tuple[bytes, b
 def sandbox_args(*, binds: Iterable[tuple[str, str]], ro_binds: Iterable[tuple[str, str]],
                  env: Mapping[str, str], cwd: str, command: Sequence[str],
                  run_as: tuple[int, int] | None, unprivileged: bool,
-                 private_tmp: str | None = None) -> tuple[list[str], list[str]]:
+                 private_tmp: str | None = None, hidden: Iterable[str] = ()
+                 ) -> tuple[list[str], list[str]]:
     """bwrap's options (for `--args`: mounts and environment stay out of `ps`) and the
     command line after them (`--`, bwrap reads no command from `--args`) to run `command`
     as `run_as` (uid, gid) or as the caller (`run_as` None), seeing only the system
-    directories and the given binds."""
+    directories (less the `hidden` paths under them) and the given binds."""
     args: list[str] = []
     made: set[str] = {"/"}
 
@@ -140,18 +160,27 @@ def sandbox_args(*, binds: Iterable[tuple[str, str]], ro_binds: Iterable[tuple[s
                 made.add(path)
                 args.extend(["--perms", "0755", "--dir", path])
 
+    bound = []
     for path in SYSTEM_DIRS:
         if os.path.isdir(path):
             args.extend(["--ro-bind", path, path])
+            bound.append(path)
     for path in ROOT_LINKS:
         if os.path.islink(path):
             args.extend(["--symlink", os.readlink(path), path])
         elif os.path.isdir(path):
             args.extend(["--ro-bind", path, path])
+            bound.append(path)
     for path in OPTIONAL_DIRS:
         if os.path.isdir(path):
             parents(path)
             args.extend(["--ro-bind", path, path])
+            bound.append(path)
+    for inside, is_dir in hidden_under(hidden, bound):
+        if is_dir:
+            args.extend(["--perms", "0755", "--tmpfs", inside, "--remount-ro", inside])
+        else:
+            args.extend(["--ro-bind", os.devnull, inside])
     args.extend(["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm"])
     if private_tmp is not None:
         args.extend(["--bind", private_tmp, "/tmp"])
@@ -177,10 +206,32 @@ def sandbox_args(*, binds: Iterable[tuple[str, str]], ro_binds: Iterable[tuple[s
     tail = ["--"]
     if run_as is not None:
         uid, gid = run_as
-        tail.extend([SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups",
-                     "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"])
+        tail.extend([procfs.tool("setpriv"), f"--reuid={uid}", f"--regid={gid}",
+                     "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+                     "--no-new-privs", "--"])
     tail.extend(command)
     return args, tail
+
+
+def hidden_under(paths: Iterable[str], bound: Iterable[str]) -> list[tuple[str, bool]]:
+    """Where each of `paths` shows inside a sandbox that binds the `bound` directories
+    (compared by real path, so symlinks on either side are seen through), and whether it
+    is a directory. Paths outside every bound directory, or missing, are not visible and
+    need no cover; nor do paths inside another path covered."""
+    found: dict[str, bool] = {}
+    bound_real = [(dest, os.path.realpath(dest)) for dest in bound]
+    for path in paths:
+        if not path or not os.path.lexists(path):
+            continue
+        real = os.path.realpath(path)
+        for dest, dest_real in bound_real:
+            if real == dest_real or real.startswith(dest_real.rstrip("/") + "/"):
+                inside = dest.rstrip("/") + real[len(dest_real.rstrip("/")):]
+                found[inside] = os.path.isdir(real)
+    # a path inside another covered one is covered with it (and could not be mounted on:
+    # the cover is empty and read-only)
+    return sorted((inside, is_dir) for inside, is_dir in found.items()
+                  if not any(inside.startswith(other + "/") for other in found))
 
 
 def args_pipe(args: Sequence[str]) -> int:
@@ -196,36 +247,19 @@ def args_pipe(args: Sequence[str]) -> int:
     return read_fd
 
 
-def _pid_ns(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
 def members(bwrap_pid: int) -> list[int]:
     """Host pids of the processes inside the sandbox bwrap `bwrap_pid` leads, except its
-    pid-1 reaper (which ignores SIGTERM)."""
-    reapers = _children(bwrap_pid)
+    pid-1 reaper (which ignores SIGTERM): the reaper's descendants in its pid namespace
+    (every orphan of the sandbox is reparented to that reaper), found without a scan of
+    the whole process table."""
+    reapers = procfs.children(bwrap_pid)
     if not reapers:
         return []
     reaper = reapers[0]
-    ns = _pid_ns(reaper)
-    if ns is None or ns == _pid_ns(bwrap_pid):
+    ns = procfs.pid_namespace(reaper)
+    if ns is None or ns == procfs.pid_namespace(bwrap_pid):
         return []
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != reaper and _pid_ns(int(entry.name)) == ns:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in procfs.descendants(reaper) if procfs.pid_namespace(pid) == ns]
 
 
 def ask_to_stop(bwrap_pid: int) -> None:

@@ -10,6 +10,10 @@ Each session's Xvnc accepts only the agent and the session itself:
   (`@/tmp/.X11-unix/XN`, which Xlib tries first) is kept: binding it reserves display N on
   the whole machine, so a session's DISPLAY never reaches another X server, and the cookie
   refuses every other client that tries it.
+- A sandboxed Xvnc's lock file is in the session's private /tmp, so the agent also puts a
+  placeholder `/tmp/.X<n>-lock` on the host naming the sandbox's pid (X's own format):
+  X servers that pick a display by probing lock files (`xvfb-run -a`, `vncserver`) then
+  skip display n instead of taking it and dying on its abstract socket.
 - `-UseBlacklist=0`: TigerVNC blocks an address for a while after five connections that
   end before authenticating; every connection comes from the agent (readiness probes,
   viewers that close early), so one address would lock every viewer out.
@@ -61,11 +65,28 @@ def display_in_use(n: int, abstract: set[int] | None = None) -> bool:
             or Path(f"/tmp/.X{n}-lock").exists())
 
 
-def remove_display_files(n: int, pid: int | None, tmp: Path = Path("/tmp")) -> None:
-    """Remove the lock and socket an Xvnc killed with SIGKILL leaves behind in `tmp`.
+def claim_display_lock(n: int, pid: int, tmp: Path = Path("/tmp")) -> bool:
+    """Create `/tmp/.X<n>-lock` naming `pid` as an X server does ("%10d\n", mode 0444);
+    False if another server's lock is already there."""
+    try:
+        fd = os.open(tmp / f".X{n}-lock",
+                     os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o444)
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, f"{pid:10d}\n".encode())
+    finally:
+        os.close(fd)
+    return True
 
-    Only when the lock names `pid` (our dead Xvnc), so another server's display is never
-    touched (sessions without a sandbox use the host's /tmp).
+
+def remove_display_files(n: int, pid: int | None, tmp: Path = Path("/tmp"),
+                         socket: bool = True) -> None:
+    """Remove the lock (and, with `socket`, the X socket) an Xvnc killed with SIGKILL
+    leaves behind in `tmp`, or the placeholder lock of a sandboxed one.
+
+    Only when the lock names `pid` (our dead Xvnc, or our sandbox), so another server's
+    display is never touched (sessions without a sandbox use the host's /tmp).
     """
     lock = tmp / f".X{n}-lock"
     try:
@@ -74,7 +95,7 @@ def remove_display_files(n: int, pid: int | None, tmp: Path = Path("/tmp")) -> N
         return
     if pid is not None and owner != pid:
         return
-    for path in (lock, tmp / ".X11-unix" / f"X{n}"):
+    for path in (lock, tmp / ".X11-unix" / f"X{n}") if socket else (lock,):
         try:
             path.unlink()
         except OSError:

@@ -19,6 +19,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 
 from agent.platforms.local_accounts import accounts_of, agent_tag
 from agent.platforms.procgroup import pids_of_uid, pids_with_environ
+from streamspace_common import procfs
 
 VNCDO = str(Path(sys.executable).parent / "vncdo")
 
@@ -63,10 +64,7 @@ def remove_account(name: str, uid: int) -> None:
 
 
 def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
+    return " ".join(procfs.cmdline(pid))
 
 
 def xvnc_cmdlines(state_dir: Path) -> list[str]:
@@ -80,10 +78,9 @@ def inner_pids(state_dir: Path, session_id: str, program: str) -> list[int]:
 
 
 def uid_of(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Uid:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Uid line for {pid}")
+    uid = procfs.uid_of(pid)
+    assert uid is not None, f"process {pid} is gone"
+    return uid
 
 
 class _Relay(protocol.Protocol):

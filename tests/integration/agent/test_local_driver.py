@@ -198,9 +198,8 @@ async def test_hibernate_and_wake_keep_the_persistent_home(local):
     assert [(i.session_id, i.state) for i in driver.list_sessions()] == [("s1", "hibernated")]
     assert driver.usage().sessions == 0  # a hibernated session reserves nothing
     assert (home / "notes.txt").read_text() == "first\n"
+    [first_uid] = {home.stat().st_uid, (home / "notes.txt").stat().st_uid}
     assert session_accounts(local.state) == []  # no process of the user: no account
-    # the next account of this user may get another uid: the kept home is re-owned
-    os.chown(home / "notes.txt", 4242, 4242)
 
     # wake needs no user: the agent kept the session's record
     await driver.wake_session("s1", tpl, None)
@@ -208,8 +207,10 @@ async def test_hibernate_and_wake_keep_the_persistent_home(local):
     assert driver.store.load("s1").home == str(home)
     await until(lambda: (home / "notes.txt").read_text() == "first\nfirst\n", 5,
                 what="the woken app appending to the same HOME")
+    # the user's new account has the uid of the one removed: the home needed no re-owning
     [account] = session_accounts(local.state)
-    assert (home / "notes.txt").stat().st_uid == pwd.getpwnam(account).pw_uid
+    assert pwd.getpwnam(account).pw_uid == first_uid
+    assert (home / "notes.txt").stat().st_uid == first_uid
 
     await driver.stop_session("s1")
     assert session_pids(local.state) == []
@@ -360,3 +361,152 @@ async def test_the_default_catalog_runs_on_the_local_platform(local, tmp_path, t
     await driver.stop_session("cat-1")
     assert session_pids(local.state) == []
     assert local.statuses == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_kept_home_keeps_its_uid_and_is_re_owned_only_after_a_collision(local):
+    """Review C1: the user's account gets the same uid each time, so a kept home needs no
+    re-owning; only when that uid was taken meanwhile does the next one get the home."""
+    import secrets
+    import subprocess
+
+    from agent.platforms.local_accounts import uid_for
+    from tests.support.xvnc_sessions import remove_account
+
+    driver = await local.make()
+    tpl = template(persistent_home=True,
+                   local={"command": 'mkdir -p "$HOME/d"; touch "$HOME/d/$STREAMSPACE_SESSION_NAME";'
+                                     " exec xterm"})
+    await driver.start_session("k1", tpl, ALICE, "one")
+    home = Path(driver.store.load("k1").home)
+    await until(lambda: (home / "d" / "one").exists(), 5, what="the app writing to HOME")
+    [account] = session_accounts(local.state)
+    uid = pwd.getpwnam(account).pw_uid
+    assert uid == uid_for(driver.accounts.tag, ALICE.id)
+    await driver.stop_session("k1")
+    assert session_accounts(local.state) == []
+
+    # while alice has no session, someone else gets her uid: her next account moves on
+    squatter = f"sst-{secrets.token_hex(4)}"
+    subprocess.run(["/usr/sbin/useradd", "--no-create-home", "--no-log-init", "--user-group",
+                    "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", "--uid", str(uid),
+                    squatter], check=True, capture_output=True)
+    try:
+        await driver.start_session("k2", tpl, ALICE, "two")
+        [account] = session_accounts(local.state)
+        moved = pwd.getpwnam(account).pw_uid
+        assert moved != uid and moved == pwd.getpwnam(account).pw_gid
+        # the home was re-owned before the app ran: it could write there
+        await until(lambda: (home / "d" / "two").exists(), 5, what="the app writing to HOME")
+        assert {p.stat().st_uid for p in [home, *home.rglob("*")]} == {moved}
+        await driver.stop_session("k2")
+    finally:
+        remove_account(squatter, uid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_start_whose_clean_up_fails_still_ends_and_frees_everything(local, monkeypatch):
+    """Review should-fix 4: a failure while a failed start cleans up must not leave a stop
+    (or a second start) waiting for it forever, nor keep the account."""
+    import errno
+
+    driver = await local.make()
+
+    def disk_fails(session_id):
+        raise OSError(errno.EIO, "Input/output error")  # stands for a failing disk
+
+    monkeypatch.setattr(driver.store, "discard_sandbox", disk_fails)
+    start = driver.start_session("bad", template(local={"geometry": "huge"}), ALICE, "")
+    stop = driver.stop_session("bad")  # arrives while it starts: waits for the start
+    with pytest.raises(DriverError, match="not WIDTHxHEIGHT"):
+        await start.addTimeout(20, reactor)
+    await stop.addTimeout(20, reactor)
+    assert driver.list_sessions() == [] and driver.store.load("bad") is None
+    assert session_accounts(local.state) == []
+    # and the same session id starts again
+    monkeypatch.undo()
+    await driver.start_session("bad", template(), ALICE, "")
+    await driver.stop_session("bad")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_session_printing_without_end_fills_no_disk(local):
+    """Review should-fix 5: output is read by the agent into a bounded log (at most two
+    files of 1 MiB), and its end still makes the failure reason."""
+    from agent.platforms.session_log import LIMIT
+
+    driver = await local.make()
+    await driver.start_session("chatty", template(local={"command": "yes 'no end in sight'"}),
+                               ALICE, "")
+    app = driver._sessions["chatty"].app
+    logs = driver.store.run_dir("chatty")
+
+    def on_disk() -> int:
+        return sum(p.stat().st_size for p in logs.glob("app.log*"))
+
+    await until(lambda: getattr(app, "received", 0) > 3 * LIMIT or on_disk() > 2 * LIMIT,
+                30, interval=0.1, what="3 MiB of output")
+    assert on_disk() <= 2 * LIMIT
+    assert "no end in sight" in app.log_tail()
+    await driver.stop_session("chatty")
+    assert session_pids(local.state) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_process_scans_and_user_lookups_never_run_on_the_reactor(local, monkeypatch):
+    """Review should-fix 6 and nit 11: whole-/proc scans and name-service lookups (which may
+    go over the network) run on the local platform's threads during a session's life."""
+    import threading
+
+    from streamspace_common import procfs
+
+    calls: list[tuple[str, bool]] = []
+    recording = [True]
+    for module, name in [(procfs, "pids"), (pwd, "getpwall"), (pwd, "getpwnam"),
+                         (pwd, "getpwuid")]:
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, _name=name, **kwargs):
+            if recording[0]:
+                calls.append((_name, threading.current_thread() is threading.main_thread()))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    driver = await local.make()
+    await driver.start_session("s1", template(), ALICE, "")
+    await driver.hibernate_session("s1")
+    await driver.wake_session("s1", template(), None)
+    await driver.stop_session("s1")
+    recording[0] = False
+    assert {name for name, _ in calls} >= {"pids", "getpwall", "getpwnam"}
+    assert [name for name, on_reactor in calls if on_reactor] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_killed_agent_left_in_trash_is_swept_at_start(local):
+    """Review nit 5: deletes go through trash/; one a killed agent had not finished is done
+    by the next start."""
+    left = local.state / "trash" / "0123abcd" / "home"
+    left.mkdir(parents=True)
+    (left / "big-file").write_bytes(b"x" * 4096)
+    await local.make()
+    assert list((local.state / "trash").iterdir()) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_missing_system_tool_fails_the_start_with_a_sentence(local, monkeypatch):
+    from streamspace_common import procfs
+
+    driver = await local.make()
+    real_tool = procfs.tool
+
+    def tool(name: str) -> str:
+        if name == "setsid":  # as on a machine without util-linux's setsid
+            raise procfs.MissingTool("setsid is not installed (Debian: util-linux)")
+        return real_tool(name)
+
+    monkeypatch.setattr(procfs, "tool", tool)
+    with pytest.raises(DriverError, match=r"^the session could not be started: setsid is not "
+                                          r"installed \(Debian: util-linux\)$"):
+        await driver.start_session("s1", template(), ALICE, "")
+    assert driver.list_sessions() == [] and session_accounts(local.state) == []

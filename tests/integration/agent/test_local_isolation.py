@@ -255,6 +255,124 @@ async def test_without_a_sandbox_a_root_agent_runs_no_session_and_says_why(platf
     assert session_accounts(platform.agent_dir) == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_without_any_sandbox_a_non_root_agent_runs_no_session_unless_allowed(platform):
+    """Review C2: a session without a sandbox runs as the agent's user and could read its
+    token and impersonate it; that takes the operator's explicit opt-in."""
+    iso = await sandbox.probe(reactor, bwrap="/nonexistent/bwrap", as_root=False)
+    assert iso.refuse_all and not iso.isolated and iso.bwrap is None
+    driver = await platform.make(isolation=iso)
+    with pytest.raises(DriverError, match=r"cannot run sessions safely: bubblewrap \(bwrap\) is "
+                                          r"not installed .*could read its token and "
+                                          r"impersonate it.*LOCAL_ALLOW_UNSANDBOXED=true"):
+        await driver.start_session("s1", xterm(), ALICE, "")
+    assert session_pids(platform.agent_dir) == []
+    allowed = await sandbox.probe(reactor, bwrap="/nonexistent/bwrap", as_root=False,
+                                  allow_unsandboxed=True)
+    assert not allowed.refuse_all and not allowed.isolated
+    assert "can impersonate this agent" in allowed.problem
+
+
+@pytest_twisted.ensureDeferred
+async def test_state_directories_under_a_bound_system_directory_are_hidden(monkeypatch):
+    """Review should-fix 3: the sandbox binds /opt whole; a control plane's state directory
+    there (the agent's inside it, as `make run` lays them out) must not show in sessions."""
+    import shutil
+    import tempfile
+
+    for key, value in SECRET_ENV.items():
+        monkeypatch.setenv(key, value)
+    base = Path(tempfile.mkdtemp(prefix="streamspace-test-", dir="/opt"))
+    driver = None
+    try:
+        os.chmod(base, 0o755)
+        cp = base / "state"
+        cp.mkdir()
+        os.chmod(cp, 0o711)  # as streamspace/tap.py leaves it: traversable
+        read_or_create(cp / "jwt-secret")
+        agent_dir = cp / "agent"
+        agent_dir.mkdir(mode=0o700)
+        driver = LocalDriver(reactor, agent_dir, Capacity(), stop_grace=2.0, hide=[str(cp)])
+        await driver.start()
+        assert driver.isolation.isolated, driver.isolation.problem
+        checks = "\n".join(
+            f'test -e "{p}" && echo "EXISTS {p}" || echo "ABSENT {p}"'
+            for p in (cp / "jwt-secret", agent_dir, agent_dir / "sessions"))
+        script = f"""
+{checks}
+echo "ENTRIES $(ls -A "{cp}" | wc -l)"
+echo "FS $(stat -f -c %T "{cp}")"
+ls "{base}" >/dev/null && echo "BASE visible"
+"""
+        await driver.start_session("opt-1", probe(script), ALICE, "")
+        lines = (await wait_probe(driver, "opt-1")).splitlines()
+        # the control plane's directory shows as an empty tmpfs: none of its files, and not
+        # the agent's directory inside it (the sessions' own homes come in by their mounts)
+        assert {f"ABSENT {cp / 'jwt-secret'}", f"ABSENT {agent_dir}",
+                f"ABSENT {agent_dir / 'sessions'}", "ENTRIES 0", "FS tmpfs",
+                "BASE visible"} <= set(lines), lines
+    finally:
+        if driver is not None:
+            await driver.shutdown()
+        kill_leftovers(base / "state" / "agent")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_vnc_socket_is_dialled_only_if_it_is_the_sessions_own(platform, tmp_path):
+    """Review nit 11: the session's account owns vnc/, so it could put a symlink (here to
+    another RFB server) or a socket of its own where rfb.sock was; the agent, as root,
+    must not follow it. The swap is made by the test as root: it stands for what the
+    session's Xvnc, which runs as that account, can do."""
+    from twisted.internet.error import ConnectError
+
+    from tests.support.tcp_peers import PeerServer
+
+    driver = await platform.make()
+    await driver.start_session("s1", xterm(), ALICE, "")
+    vnc = driver.vnc_socket("s1").parent
+    decoy = PeerServer(greeting=b"RFB 003.008\n")
+    decoy_port = reactor.listenUNIX(str(tmp_path / "decoy.sock"), decoy)
+    try:
+        os.rename(vnc / "rfb.sock", vnc / "real.sock")
+        (vnc / "rfb.sock").symlink_to(tmp_path / "decoy.sock")
+        with pytest.raises(ConnectError, match="is a symlink"):
+            await (await driver.vnc_endpoint("s1")).connect(protocol.Factory.forProtocol(
+                protocol.Protocol))
+        (vnc / "rfb.sock").unlink()
+        planted = reactor.listenUNIX(str(vnc / "rfb.sock"), decoy)  # a socket of root's
+        with pytest.raises(ConnectError, match="owned by uid 0"):
+            await (await driver.vnc_endpoint("s1")).connect(protocol.Factory.forProtocol(
+                protocol.Protocol))
+        await planted.stopListening()
+        assert decoy.connections == []
+        os.rename(vnc / "real.sock", vnc / "rfb.sock")
+        await capture_through(await driver.vnc_endpoint("s1"), tmp_path / "screen.png")
+    finally:
+        await decoy_port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_sandboxed_display_is_marked_taken_on_the_host(platform):
+    """Review nit 11: a sandboxed Xvnc's lock is in its private /tmp, so the agent puts a
+    placeholder in the host's /tmp naming the live sandbox; a real X server started on the
+    same display reads it and refuses, instead of dying on the abstract socket."""
+    import subprocess
+
+    driver = await platform.make()
+    await driver.start_session("s1", xterm(), ALICE, "")
+    record = driver.store.load("s1")
+    lock = Path(f"/tmp/.X{record.display}-lock")
+    assert lock.read_text() == f"{record.xvnc_pid:10d}\n"
+    assert Path(f"/proc/{record.xvnc_pid}").exists()
+    other = subprocess.run(["Xvnc", f":{record.display}", "-rfbport", "-1", "-nolisten", "tcp"],
+                           capture_output=True, text=True, timeout=20)
+    assert other.returncode != 0
+    assert f"Server is already active for display {record.display}" in other.stderr
+    await driver.stop_session("s1")
+    assert not lock.exists()
+
+
 @pytest.fixture
 def processes():
     procs: list = []
@@ -355,6 +473,15 @@ async def test_an_agent_that_is_not_root_runs_sessions_of_one_user_and_says_why(
                           what="alice's xterm")
     assert uid_of(xterm) == who.uid
     assert os.readlink(f"/proc/{xterm}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    # the agent is not dumpable (review C2): another process of its uid cannot read its
+    # environment, though it can read that of a process of the same uid that is
+    as_agent_user = ["/usr/bin/setpriv", f"--reuid={who.uid}", f"--regid={who.gid}",
+                     "--clear-groups", "cat"]
+    denied = subprocess.run([*as_agent_user, f"/proc/{agent.pid}/environ"],
+                            capture_output=True, text=True)
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert subprocess.run([*as_agent_user, f"/proc/{xterm}/environ"],
+                          capture_output=True).returncode == 0
     # a second user is refused, with the reason, and nothing of theirs starts
     bob = {"id": "u-bob", "username": "bob"}
     second = control_plane.command("start_session", "s-bob",
@@ -373,3 +500,121 @@ async def test_an_agent_that_is_not_root_runs_sessions_of_one_user_and_says_why(
     agent.send_signal(signal.SIGTERM)
     await until(lambda: agent.poll() is not None, 20, what="twistd exiting")
     assert session_pids(who.state) == []
+
+
+def without_user_namespaces(who, argv: list[str]) -> list[str]:
+    """`argv` as `who` in a user namespace that may make no other: bubblewrap cannot make
+    a sandbox there, as in a container under Docker's default seccomp profile (review C2:
+    the shipped agent image)."""
+    return ["/usr/bin/setpriv", f"--reuid={who.uid}", f"--regid={who.gid}", "--clear-groups",
+            "/usr/bin/bwrap", "--dev-bind", "/", "/", "--unshare-user", "--disable-userns",
+            "--die-with-parent", "--", *argv]
+
+
+def python_for_everyone() -> tuple[str, str]:
+    """An interpreter any user can start from inside a user namespace, and the PYTHONPATH
+    it needs for the suite's packages: the suite's own when every directory above it may
+    be entered by anyone, else the system's python3 of the same version (a venv made
+    from an interpreter under /root, as with pyenv, cannot be started there)."""
+    import stat
+    import sys
+    import sysconfig
+
+    real = Path(sys.executable).resolve()
+    if all(p.stat().st_mode & stat.S_IXOTH for p in real.parents):
+        return sys.executable, ""
+    system = "/usr/bin/python3"
+    import subprocess
+
+    version = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version == str(sys.version_info[:2]), f"{system} is {version}: install python3"
+    return system, sysconfig.get_paths()["purelib"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_agent_without_any_sandbox_runs_sessions_only_when_allowed_and_guards_itself(
+        control_plane, unprivileged_agent_user, processes, tmp_path):
+    """Review C2, end to end with a real `twistd agent` that cannot sandbox: no session runs
+    unless LOCAL_ALLOW_UNSANDBOXED=true, and the reason says so; allowed, a session cannot
+    read the agent's /proc environment (not dumpable), and what it left running after it
+    escaped its process group and dropped its markers is killed when it stops (the agent
+    is its subreaper)."""
+    import subprocess
+
+    from streamspace_common import procfs
+    from tests.integration.agent.test_agent_sessions import REPO, TWISTD, agent_env
+
+    who = unprivileged_agent_user
+    os_env = agent_env(control_plane, who.state)
+    os.chown(who.state.parent / "token", who.uid, who.gid)
+    python, site = python_for_everyone()
+    if site:
+        os_env["PYTHONPATH"] = f"{os_env['PYTHONPATH']}:{site}"
+    argv = without_user_namespaces(who, [python, TWISTD, "--nodaemon", "--pidfile=",
+                                         "--logger=streamspace_common.logs.observer", "agent"])
+    log = tmp_path / "agent.log"
+
+    def start(env: dict[str, str]) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(argv, env=env, cwd=str(REPO), stdout=out,
+                                    stderr=subprocess.STDOUT)
+        processes.append(proc)
+        return proc
+
+    async def stop(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGTERM)
+        await until(lambda: proc.poll() is not None, 20, what="twistd exiting")
+
+    # 1. Not allowed: the agent says why at start, and a start fails with the reason.
+    first = start(os_env)
+    await control_plane.wait_connected(timeout=30)
+    assert "bubblewrap cannot create a sandbox here" in log.read_text()
+    refused = await control_plane.outcome(control_plane.command(
+        "start_session", "s-refused", {"template": TEMPLATE, "user": USER, "name": ""}), 30)
+    assert refused["type"] == "failed"
+    assert "could read its token and impersonate it" in refused["payload"]["reason"]
+    assert "LOCAL_ALLOW_UNSANDBOXED=true" in refused["payload"]["reason"]
+    assert session_pids(who.state) == []
+    await stop(first)
+    await until(lambda: control_plane.control is None, 10, what="the hub noticing")
+
+    # 2. Allowed by the operator: sessions run, unsandboxed, as the agent's user.
+    second = start({**os_env, "LOCAL_ALLOW_UNSANDBOXED": "true"})
+    await until(lambda: len(control_plane.of_type("register")) == 2, 30, what="re-register")
+    await control_plane.wait_connected()
+    assert "can impersonate this agent" in log.read_text()
+    script = """
+agent=$(awk '/^PPid:/ {print $2}' /proc/$PPID/status)
+tr '\\0' ' ' < /proc/$agent/cmdline | grep -q twistd && echo "AGENT is the parent"
+cat /proc/$agent/environ >/dev/null 2>&1 && echo "READ agent environ" || echo "DENIED agent environ"
+cat /proc/self/environ >/dev/null 2>&1 && echo "READ own environ"
+setsid sh -c 'exec env -i sleep 600' </dev/null >/dev/null 2>&1 &
+echo "ESCAPED $!"
+"""
+    template = {"name": "probe", "cpu": 0, "memory_mb": 0, "persistent_home": False,
+                "env": {"PROBE": script},
+                "platforms": {"local": {"command": probe(script).platform("local")["command"]}}}
+    started = await control_plane.outcome(control_plane.command(
+        "start_session", "s-probe", {"template": template, "user": USER, "name": ""}), 30)
+    assert started["type"] == "complete", started
+    home = who.state / "homes" / "sessions" / "s-probe"
+    await until(lambda: (home / "probe.done").exists(), 20, what="the probe to finish")
+    lines = (home / "probe.out").read_text().splitlines()
+    assert {"AGENT is the parent", "DENIED agent environ", "READ own environ"} <= set(lines)
+    [escaped] = [int(x.split()[1]) for x in lines if x.startswith("ESCAPED ")]
+    await until(lambda: procfs.cmdline(escaped) == ["sleep", "600"], 10,
+                what="the escaped process to exec")
+    assert procfs.environ(escaped) == {}
+    assert procfs.uid_of(escaped) == who.uid  # unsandboxed: the agent's own user
+
+    stopped = await control_plane.outcome(control_plane.command("stop_session", "s-probe",
+                                                                {}), 30)
+    assert stopped["type"] == "complete"
+    # killed at the stop, and its exit status collected by the agent: no zombie left
+    await until(lambda: procfs.state_of(escaped) is None, 15, what="the escaped process gone")
+    assert session_pids(who.state) == []
+    await stop(second)
+    text = log.read_text()
+    assert "killed 1 process(es) left by sessions that ended" in text
+    assert "Traceback" not in text and "Unhandled error" not in text, text[-3000:]

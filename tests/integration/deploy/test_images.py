@@ -155,9 +155,14 @@ async def test_images_run_the_product_end_to_end(dockerd, images, empty_dsn, tmp
                                images["control-plane"], "--", "python", "-m",
                                "streamspace.agents.provisioning")
     assert "agent container-agent: created" in provisioned.stdout, provisioned
+    # Docker's default seccomp profile refuses the user namespace bubblewrap needs, so the
+    # local platform has no sandbox in this container: sessions would run as the agent's
+    # user and could impersonate it. The agent runs none unless the operator says this
+    # agent serves one trusted user (deploy/README.md), as this test does.
     agent_env = env_file(tmp_path / "agent.env", {
         "AGENT_ID": "container-agent", "AGENT_TOKEN_FILE": "/run/secrets/agent-token",
-        "CONTROL_PLANE_URL": stack.base, "PLATFORM": "local", "HEARTBEAT_INTERVAL": "1s"})
+        "CONTROL_PLANE_URL": stack.base, "PLATFORM": "local", "HEARTBEAT_INTERVAL": "1s",
+        "LOCAL_ALLOW_UNSANDBOXED": "true"})
     containers.append("ss-agent")
     # Host networking shares the host's abstract X11 sockets: the agent must see which
     # displays the host's X servers hold, so it gets the host's /tmp/.X11-unix.
@@ -167,6 +172,10 @@ async def test_images_run_the_product_end_to_end(dockerd, images, empty_dsn, tmp
                  "--health-interval", "1s", "--health-start-period", "0s", images["agent"])
     await stack.wait_agent("container-agent", "online", timeout=60)
     await poll(lambda: healthy("ss-agent"), timeout=30, what="a healthy agent container")
+    logged = await docker(dockerd, "logs", "ss-agent")
+    started_logs = logged.stdout + logged.stderr
+    assert "bubblewrap cannot create a sandbox here" in started_logs, started_logs[-3000:]
+    assert "can impersonate this agent" in started_logs, started_logs[-3000:]
 
     # 4. A session, and real pixels through the control plane's VNC proxy.
     session = await stack.create_session("terminal")

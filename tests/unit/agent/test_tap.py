@@ -51,3 +51,20 @@ def test_problems_are_reported_together(tmp_path):
 def test_unknown_driver_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="PLATFORM: 'vmware' is not one of local"):
         tap.makeService(options(tmp_path, PLATFORM="vmware"))
+
+
+def test_local_platform_settings_reach_the_driver(tmp_path):
+    svc = tap.makeService(options(tmp_path, LOCAL_ALLOW_UNSANDBOXED="true",
+                                  LOCAL_HIDE_PATHS="/opt/cp-state:/srv/secrets"))
+    assert svc.driver.allow_unsandboxed is True and svc.guard_process is True
+    assert {"/opt/cp-state", "/srv/secrets", str(tmp_path / "state")} <= set(svc.driver.hidden)
+    svc.journal.close()
+    svc.state_lock.release()
+    default = tap.makeService(options(tmp_path))
+    assert default.driver.allow_unsandboxed is False  # the operator must opt in
+    default.journal.close()
+    default.state_lock.release()
+    with pytest.raises(ConfigError) as e:
+        options(tmp_path, LOCAL_ALLOW_UNSANDBOXED="yes please", LOCAL_HIDE_PATHS="rel/path")
+    assert "LOCAL_ALLOW_UNSANDBOXED: 'yes please' is not one of true, false" in str(e.value)
+    assert "LOCAL_HIDE_PATHS: not absolute: rel/path" in str(e.value)
